@@ -1,0 +1,130 @@
+"""The attn1 replacement and the transient, instance-level patch that installs it.
+
+Two call shapes are served by one computation:
+- A1111 (ldm/sgm `CrossAttention` modules): a replacement `forward(self, x, context=None, mask=None, **kw)`
+  that projects with the module's own layers (so LoRA applies), runs the Sinkhorn kernel, then `to_out`.
+- Forge/ComfyUI attn1 replace functions: `fn(q, k, v, extra_options, mask=None)` with q, k, v laid out
+  as (batch, tokens, heads * dim_head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from asag_lib.sinkhorn import sinkhorn_attention
+
+_MISSING = object()
+
+ContextTransform = Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]
+"""(module, context) -> (context for k, context for v); A1111 applies hypernetworks this way."""
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """What the Sinkhorn kernel needs from the user's settings."""
+
+    iterations: int = 2
+    tol: float = 1e-3
+    rescale: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> KernelOptions:
+        return cls(iterations=settings.iterations, tol=settings.tolerance, rescale=settings.plan == "rows")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+        """Sinkhorn attention on (batch, heads, tokens, dim) tensors."""
+        return sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
+                                  rescale=self.rescale)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    return rearrange(x, "b n (h d) -> b h n d", h=heads)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    return rearrange(x, "b h n d -> b n (h d)")
+
+
+def sinkhorn_self_attention(module: nn.Module, x: Tensor, context: Tensor | None, options: KernelOptions,
+                            context_transform: ContextTransform | None = None) -> Tensor:
+    """The body of an ldm/sgm `CrossAttention` forward with the Sinkhorn plan in place of softmax.
+
+    A non-None context (ControlNet reference concatenates extra tokens) gives more keys than queries.
+    """
+    context = x if context is None else context
+    context_k, context_v = context_transform(module, context) if context_transform else (context, context)
+    heads = module.heads
+    q = split_heads(module.to_q(x), heads)
+    k = split_heads(module.to_k(context_k), heads)
+    v = split_heads(module.to_v(context_v), heads)
+    out = merge_heads(options.attend(q, k, v, scale=getattr(module, "scale", None)))
+    return module.to_out(out)
+
+
+def make_attn1_forward(options: KernelOptions, context_transform: ContextTransform | None = None) -> Callable:
+    """A forward with the hosts' replacement signature `(self, x, context=None, mask=None, **kwargs)`.
+
+    Extra sgm arguments (additional_tokens, n_times_crossframe_attn_in_self) are accepted and ignored,
+    as A1111's own replacement forwards do.
+    """
+
+    def asag_attn1_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                           **kwargs: Any) -> Tensor:
+        return sinkhorn_self_attention(self, x, context, options, context_transform)
+
+    return asag_attn1_forward
+
+
+@contextlib.contextmanager
+def patched_forwards(modules: Sequence[nn.Module], forward: Callable) -> Iterator[None]:
+    """Bind `forward` as the instance attribute of each module for the duration of the block.
+
+    The previous instance attribute (if any, e.g. Hypertile's wrapper) is put back exactly in `finally`,
+    also on exceptions and interrupts; the class-level forward, which A1111 swaps for its optimisations,
+    is never touched. A module whose forward was replaced by someone else meanwhile keeps theirs.
+    """
+    installed: list[tuple[nn.Module, object, object]] = []
+    try:
+        for module in modules:
+            previous = module.__dict__.get("forward", _MISSING)
+            bound = types.MethodType(forward, module)
+            module.forward = bound
+            installed.append((module, previous, bound))
+        yield
+    finally:
+        for module, previous, bound in reversed(installed):
+            if module.__dict__.get("forward") is not bound:
+                continue
+            if previous is _MISSING:
+                del module.forward
+            else:
+                module.forward = previous
+
+
+def has_patch(module: nn.Module) -> bool:
+    """Whether an ASAG forward is currently bound on the module (for diagnostics and tests)."""
+    forward = module.__dict__.get("forward")
+    return getattr(getattr(forward, "__func__", None), "__name__", "") == "asag_attn1_forward"
+
+
+def make_attn1_replace(options: KernelOptions) -> Callable:
+    """A Forge/ComfyUI attn1 replace function `fn(q, k, v, extra_options, mask=None)`.
+
+    q, k, v arrive as (batch, tokens, heads * dim_head) with heads not split; keys may outnumber queries.
+    """
+
+    def asag_attn1_replace(q: Tensor, k: Tensor, v: Tensor, extra_options: dict, mask: Tensor | None = None) -> Tensor:
+        heads = int(extra_options["n_heads"])
+        if q.shape[-1] % heads:
+            raise ValueError(f"ASAG attn1: inner dim {q.shape[-1]} is not divisible by n_heads={heads}")
+        out = options.attend(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+        return merge_heads(out)
+
+    return asag_attn1_replace

@@ -203,13 +203,13 @@ class _DenseEngine:
 # the Sinkhorn driver, shared by every path
 
 
-def _sinkhorn_group(engine, k: Tensor, v: Tensor, n_q: int, iterations: int, tol: float,
+def _sinkhorn_group(engine, q: Tensor, k: Tensor, v: Tensor, iterations: int, tol: float,
                     scale: float, want_stats: bool):
     """Runs Sinkhorn on one group of G flattened heads. Returns (out (G, n_q, d_v), stats tuple | None).
 
-    out is n_q · P · V. k, v: (G, n_k, ·) in the compute dtype.
+    out is n_q · P · V. q: (G, n_q, d), k, v: (G, n_k, ·), all in the compute dtype.
     """
-    G, n_k = k.shape[0], k.shape[1]
+    G, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
     dt, dev = k.dtype, k.device
     log_a, log_b = -math.log(n_q), -math.log(n_k)
     f = torch.zeros(G, n_q, dtype=dt, device=dev)
@@ -245,8 +245,7 @@ def _sinkhorn_group(engine, k: Tensor, v: Tensor, n_q: int, iterations: int, tol
         return result, None
     # entropy of softmax_j(−S_ij + g_j) = lse_i − E_p[−scale q_i·k_j + g_j]
     ek, eg = out[..., d_v:-1], out[..., -1]
-    # q is not kept here: engines expose the scaled query as qs = −scale·q
-    expected_logit = (engine.q_scaled() * ek).sum(-1) + eg
+    expected_logit = (q * ek).sum(-1).mul_(-scale).add_(eg)
     entropy = (lse_rows - expected_logit).mean(-1)
     return result, (entropy, err, used)
 
@@ -259,6 +258,10 @@ def _extended_v(v: Tensor, k: Tensor, g: Tensor, want_stats: bool) -> Tensor:
 
 # --------------------------------------------------------------------------------------------------------
 # dispatcher
+
+
+def _flash_cpu_supported(dtype: torch.dtype, device: torch.device) -> bool:
+    return False
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -295,7 +298,7 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
             engine = _DenseEngine(qf[h0:h1], kf[h0:h1], scale)
         else:
             engine = _ChunkedEngine(qf[h0:h1], kf[h0:h1], scale, budget)
-        o, st = _sinkhorn_group(engine, kf[h0:h1], vf[h0:h1], n_q, iterations, tol, scale, return_stats)
+        o, st = _sinkhorn_group(engine, qf[h0:h1], kf[h0:h1], vf[h0:h1], iterations, tol, scale, return_stats)
         outs.append(o)
         stats.append(st)
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -304,5 +307,5 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
     out = out.reshape(B, H, n_q, d_v).to(q.dtype)
     if not return_stats:
         return out
-    ent, err, used = (torch.cat(x).reshape(B, H) for x in zip(*stats))
+    ent, err, used = (torch.cat(x).reshape(B, H) for x in zip(*stats, strict=True))
     return out, SinkhornStats(row_entropy=ent.float(), marginal_error=err.float(), iterations_used=used)

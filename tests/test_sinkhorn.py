@@ -1,0 +1,285 @@
+"""Tests of the ASAG kernel against a float64 dense reference written out here (paper.md §4.3, §8)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from asag_lib import sinkhorn as sk
+from asag_lib.sinkhorn import SinkhornStats, sinkhorn_attention
+
+# --------------------------------------------------------------------------------------------------------
+# reference: a plain float64 loop over (batch, head) of the math in the module docstring
+
+
+def reference(q, k, v, *, iterations=2, tol=1e-3, scale=None, rescale=True):
+    """Returns (out, row_entropy, marginal_error, iterations_used), all float64 / int64."""
+    q, k, v = q.double(), k.double(), v.double()
+    B, H, n_q, d = q.shape
+    n_k = k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    out = torch.zeros(B, H, n_q, v.shape[3], dtype=torch.float64)
+    ent = torch.zeros(B, H, dtype=torch.float64)
+    err = torch.zeros(B, H, dtype=torch.float64)
+    used = torch.zeros(B, H, dtype=torch.int64)
+    for b in range(B):
+        for h in range(H):
+            log_k = -scale * q[b, h] @ k[b, h].T
+            f = torch.zeros(n_q, dtype=torch.float64)
+            g = torch.zeros(n_k, dtype=torch.float64)
+            for _ in range(iterations):
+                f = -math.log(n_q) - torch.logsumexp(log_k + g[None, :], dim=1)
+                g = -math.log(n_k) - torch.logsumexp(log_k + f[:, None], dim=0)
+                used[b, h] += 1
+                plan = torch.exp(f[:, None] + log_k + g[None, :])
+                err[b, h] = (n_q * plan.sum(1) - 1).abs().max()
+                if err[b, h] <= tol:
+                    break
+            plan = torch.exp(f[:, None] + log_k + g[None, :])
+            out[b, h] = (n_q * plan if rescale else plan) @ v[b, h]
+            p = plan / plan.sum(1, keepdim=True)
+            ent[b, h] = -(p * torch.log(p.clamp_min(1e-300))).sum(1).mean()
+    return out, ent, err, used
+
+
+def run(q, k, v, path, **kw):
+    """The public function for path 'auto', an internal path otherwise ('chunked_tiny' = budget of 1 byte)."""
+    if path == "auto":
+        return sinkhorn_attention(q, k, v, **kw)
+    args = dict(iterations=2, tol=1e-3, scale=None, rescale=True, return_stats=False, memory_budget_bytes=None)
+    args.update(kw)
+    if path == "chunked_tiny":
+        path, args["memory_budget_bytes"] = "chunked", 1
+    return sk._sinkhorn_attention(q, k, v, path=path, **args)
+
+
+def available_paths():
+    paths = ["auto", "dense", "chunked", "chunked_tiny"]
+    if sk._flash_cpu_supported(torch.float32, torch.device("cpu")):
+        paths.append("flash_cpu")
+    return paths
+
+
+PATHS = available_paths()
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def make(B, H, n_q, n_k, d, d_v=None, sharp=1.0, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, n_q, d, generator=gen) * sharp
+    k = torch.randn(B, H, n_k, d, generator=gen)
+    v = torch.randn(B, H, n_k, d_v or d, generator=gen)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# agreement with the reference
+
+
+SHAPES = [  # B, H, n_q, n_k, d, d_v, sharp
+    (2, 3, 77, 77, 64, 64, 1.0),
+    (1, 2, 64, 96, 40, 40, 2.0),  # n_k > n_q (reference-mode extra keys)
+    (3, 2, 50, 33, 80, 24, 1.5),  # n_k < n_q, d_v != d
+    (2, 2, 128, 128, 64, 64, 3.0),  # sharp logits: several iterations matter
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])))
+def test_matches_float64_reference(path, shape):
+    B, H, n_q, n_k, d, d_v, sharp = shape
+    q, k, v = make(B, H, n_q, n_k, d, d_v, sharp)
+    for iterations, tol in ((2, 1e-3), (4, 0.0)):
+        out, st = run(q, k, v, path, iterations=iterations, tol=tol, return_stats=True)
+        r_out, r_ent, r_err, r_used = reference(q, k, v, iterations=iterations, tol=tol)
+        assert out.shape == (B, H, n_q, d_v) and out.dtype == torch.float32
+        assert rel_err(out, r_out) <= 1e-5, (path, iterations)
+        assert torch.equal(st.iterations_used, r_used)
+        torch.testing.assert_close(st.row_entropy.double(), r_ent, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_float64_inputs_compute_in_float64(path):
+    q, k, v = make(2, 2, 40, 56, 32, 16, sharp=2.0, dtype=torch.float64)
+    out = run(q, k, v, path, iterations=3, tol=0.0)
+    r_out = reference(q, k, v, iterations=3, tol=0.0)[0]
+    assert out.dtype == torch.float64
+    assert rel_err(out, r_out) <= 1e-10
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_explicit_scale(path):
+    q, k, v = make(1, 2, 48, 48, 64)
+    out = run(q, k, v, path, scale=0.3, iterations=3, tol=0.0)
+    assert rel_err(out, reference(q, k, v, scale=0.3, iterations=3, tol=0.0)[0]) <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------
+# properties of the plan, read through V = identity (then out = n_q · P)
+
+
+def plan_through_identity(path, n_q, n_k, iterations, sharp=2.5, seed=1):
+    q, k, _ = make(1, 2, n_q, n_k, 64, sharp=sharp, seed=seed)
+    eye = torch.eye(n_k).expand(1, 2, n_k, n_k).contiguous()
+    return run(q, k, eye, path, iterations=iterations, tol=0.0) / n_q  # P, (1, 2, n_q, n_k)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_column_marginals_exact_after_column_step(path):
+    n_q, n_k = 60, 45
+    for iterations in (1, 2, 5):
+        plan = plan_through_identity(path, n_q, n_k, iterations)
+        cols = plan.sum(dim=2)
+        torch.testing.assert_close(cols, torch.full_like(cols, 1.0 / n_k), rtol=2e-5, atol=0)
+
+
+def test_rows_of_n_p_approach_one_with_more_iterations():
+    n_q, n_k = 64, 64
+    errors = []
+    for iterations in (1, 2, 4, 8):
+        rows = plan_through_identity("auto", n_q, n_k, iterations).sum(dim=3) * n_q
+        errors.append((rows - 1).abs().max().item())
+    assert errors[0] > 1e-2  # the test is only meaningful if one iteration leaves a visible error
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
+    assert errors[-1] < 1e-2
+
+
+def test_row_entropy_higher_than_softmax_attention():
+    # self-attention-like: each query most similar to its own key, so softmax attention is peaked
+    q, k, v = make(2, 3, 96, 96, 64, sharp=1.0, seed=2)
+    k = 1.5 * q + 0.5 * k
+    _, st = sinkhorn_attention(q, k, v, return_stats=True)
+    p = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
+    softmax_entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
+    assert st.row_entropy.shape == (2, 3)
+    assert (st.row_entropy > softmax_entropy + 0.5).all(), (st.row_entropy, softmax_entropy)
+    assert (st.row_entropy <= math.log(96) + 1e-4).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# early stop and per-(batch, head) freezing
+
+
+def mixed_heads(n=64, seed=3):
+    """Head 0 has near-zero logits (converges in one iteration), head 1 sharp ones (does not)."""
+    q, k, v = make(1, 2, n, n, 64, seed=seed)
+    q[:, 0] *= 1e-3
+    q[:, 1] *= 4.0
+    return q, k, v
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_loose_tol_uses_fewer_iterations(path):
+    q, k, v = make(2, 2, 64, 64, 64, sharp=1.0, seed=4)
+    _, strict = run(q, k, v, path, iterations=8, tol=0.0, return_stats=True)
+    _, loose = run(q, k, v, path, iterations=8, tol=0.05, return_stats=True)
+    assert (strict.iterations_used == 8).all()
+    assert (loose.iterations_used < 8).all()
+    assert (loose.marginal_error <= 0.05).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_freezing_is_per_head(path):
+    q, k, v = mixed_heads()
+    out, st = run(q, k, v, path, iterations=6, tol=1e-3, return_stats=True)
+    assert st.iterations_used.tolist() == [[1, 6]]
+    assert st.marginal_error[0, 0] <= 1e-3 < st.marginal_error[0, 1]
+    assert rel_err(out, reference(q, k, v, iterations=6, tol=1e-3)[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_independence(path):
+    q0, k0, v0 = make(1, 2, 64, 80, 64, sharp=0.3, seed=5)  # soft: stops early
+    q1, k1, v1 = make(1, 2, 64, 80, 64, sharp=5.0, seed=6)  # sharp, different scale of values
+    v1 = v1 * 100
+    alone, st0 = run(q0, k0, v0, path, iterations=6, tol=1e-3, return_stats=True)
+    both, st = run(torch.cat([q0, q1]), torch.cat([k0, k1]), torch.cat([v0, v1]), path,
+                   iterations=6, tol=1e-3, return_stats=True)
+    assert (st.iterations_used[0] < st.iterations_used[1]).all()  # early stop fires for one, not the other
+    assert torch.equal(st.iterations_used[0], st0.iterations_used[0])
+    torch.testing.assert_close(both[:1], alone, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(st.row_entropy[:1], st0.row_entropy, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# dtypes, rescale, API surface
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", PATHS)
+def test_half_inputs_with_huge_logits_are_finite(dtype, path):
+    gen = torch.Generator().manual_seed(7)
+    n, d = 48, 64
+    q = torch.randn(1, 2, n, d, generator=gen).sign() * 40.0
+    k = torch.randn(1, 2, n, d, generator=gen) * 40.0
+    v = torch.randn(1, 2, n, d, generator=gen)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)
+    assert logits.abs().max() > 5e3  # really the ±1e4 regime
+    out, st = run(q, k, v, path, iterations=3, return_stats=True)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(st.row_entropy).all() and torch.isfinite(st.marginal_error).all()
+    # and it is the float32 computation on the same (rounded) inputs, cast back
+    ref = run(q.float(), k.float(), v.float(), path, iterations=3).to(dtype)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rescale_false_is_rescaled_over_n_q(path):
+    q, k, v = make(2, 2, 50, 70, 40)
+    a = run(q, k, v, path, rescale=True)
+    b = run(q, k, v, path, rescale=False)
+    torch.testing.assert_close(b, a / 50, rtol=1e-6, atol=1e-9)
+    assert b.abs().mean() < a.abs().mean() / 20
+
+
+def test_stats_off_returns_plain_tensor_on_returns_stats():
+    q, k, v = make(2, 3, 20, 30, 16, 8)
+    out = sinkhorn_attention(q, k, v)
+    assert isinstance(out, torch.Tensor)
+    res = sinkhorn_attention(q, k, v, return_stats=True)
+    assert isinstance(res, tuple) and len(res) == 2
+    out2, st = res
+    assert isinstance(st, SinkhornStats)
+    torch.testing.assert_close(out2, out, rtol=1e-5, atol=1e-6)
+    assert st.row_entropy.shape == st.marginal_error.shape == st.iterations_used.shape == (2, 3)
+    assert st.iterations_used.dtype == torch.int64
+    assert st.row_entropy.dtype == st.marginal_error.dtype == torch.float32
+    with pytest.raises(AttributeError):
+        st.row_entropy = None  # frozen dataclass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shapes", "match"),
+    [
+        ({}, ((2, 20, 16), (1, 2, 20, 16), (1, 2, 20, 16)), r"q must be 4-D"),
+        ({}, ((1, 2, 20, 16), (1, 2, 20, 8), (1, 2, 20, 16)), r"q and k must share the head dim"),
+        ({}, ((1, 2, 20, 16), (1, 2, 20, 16), (1, 2, 21, 16)), r"k and v must share n_k"),
+        ({}, ((1, 2, 20, 16), (2, 2, 20, 16), (2, 2, 20, 16)), r"share \(batch, heads\)"),
+        ({"iterations": 0}, None, r"iterations must be an integer >= 1, got 0"),
+        ({"iterations": 2.0}, None, r"iterations must be an integer >= 1"),
+        ({"tol": -1e-3}, None, r"tol must be a finite number >= 0"),
+        ({"tol": float("nan")}, None, r"tol must be a finite number >= 0"),
+        ({"memory_budget_bytes": 0}, None, r"memory_budget_bytes must be a positive integer"),
+        ({"scale": 0.0}, None, r"scale must be a finite non-zero number"),
+    ],
+)
+def test_input_validation(kwargs, shapes, match):
+    shapes = shapes or ((1, 2, 20, 16),) * 3
+    q, k, v = (torch.randn(*s) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        sinkhorn_attention(q, k, v, **kwargs)
+
+
+def test_integer_inputs_rejected():
+    q = torch.ones(1, 1, 4, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="floating-point"):
+        sinkhorn_attention(q, q, q)

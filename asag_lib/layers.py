@@ -1,0 +1,589 @@
+"""Which self-attention (``attn1``) layers ASAG perturbs: the layer-spec grammar, presets and resolution.
+
+Pure torch + standard library; never imports a host module. Resolution walks the host's module names
+(``input_blocks`` / ``middle_block`` / ``output_blocks``, the ``SpatialTransformer`` at sub-module ``1``
+of each block, ``.transformer_blocks[j].attn1``), which A1111 (ldm/sgm), Forge and ComfyUI share, so it
+works on any of them without knowing their classes.
+
+A layer is a triple (block, block id, transformer index), :class:`LayerRef`: ``("input", 7, 3)`` is
+``input_blocks.7.1.transformer_blocks.3.attn1`` and also the Forge/ComfyUI ``attn1`` patch key. The
+middle block has block id 0.
+
+Grammar
+-------
+A spec is a list of items separated by ``,`` or ``;``. Case and whitespace are ignored. The result is
+the union of the items, in UNet order, without duplicates. ``N``, ``K``, ``A-B`` are non-negative
+decimal integers; ``A-B`` is an inclusive range with ``A <= B``.
+
+=========================  ===========================================================================
+Item                       Selects
+=========================  ===========================================================================
+``middle``                 every transformer of the middle block (SDXL 10, refiner 4, SD1.5 1)
+``middle.K``               transformer K of the middle block (``middle.0`` = the first only)
+``middle.A-B``             transformers A..B of the middle block
+``input.N``                every transformer of input block N (``output.N`` likewise)
+``input.N.K``              transformer K of input block N (``input.7.3`` = ``input_blocks.7.1.
+                           transformer_blocks.3.attn1``)
+``input.A-B``              every transformer of the input blocks A..B that have attention
+``input.A-B.K``, ``.A-B``  transformer K (or A..B) of each of those blocks
+``input``, ``output``      every transformer of every input (output) block
+``all``                    every ``attn1`` in the UNet
+``dI``, ``uI``, ``m0``     pamparamm's shorthand: ``d``/``u`` + the ORDINAL among the input/output
+                           blocks that have attention (not the raw id): SDXL ``d0-d3`` = input 4, 5, 7, 8
+                           and ``u0-u5`` = output 0-5; SD1.5 ``d0-d5`` = input 1, 2, 4, 5, 7, 8 and
+                           ``u0-u8`` = output 3-11; ``m0`` = the middle block
+``dI.K``, ``dI.A-B``       transformer K (A..B) of that block, e.g. ``d2.2-9``, ``m0.0``
+``dA-B``, ``dA-dB``        ordinals A..B, e.g. ``d0-d3`` (same for ``u``)
+a preset name              see below (``middle``, ``middle-first``, ``deep``, ``deep-middle``,
+                           ``outputs``, ``all``)
+=========================  ===========================================================================
+
+Rules: a single number (block id, ordinal or transformer index) must exist, otherwise the spec is a
+``ValueError`` that lists what exists (``input.9 does not exist in this UNet; input blocks with
+attention: 4, 5, 7, 8``). A range selects the members that exist within it and must select at least
+one; so ``input.4-8`` on SDXL is input 4, 5, 7, 8 (6 has no attention) and ``output.0-5.0-9`` takes
+indices 0-1 of the depth-2 blocks. ``middle.N.K`` is rejected: the middle block has no block id in the
+grammar, write ``middle.K``. Numbers compare as integers, so ``output.1`` never matches ``output.10``.
+
+Presets (resolved from the structure of the loaded UNet; the per-family expansions are in
+:data:`PRESETS`):
+
+=================  ========================  =================================  =======================
+Preset             SD1.5 / SD2 (16 attn1)    SDXL base (70 attn1)               SDXL refiner (44 attn1)
+=================  ========================  =================================  =======================
+``middle`` (dflt)  middle.0 (1)              middle.0-9 (10)                    middle.0-3 (4)
+``middle-first``   middle.0 (1)              middle.0 (1)                       middle.0 (1)
+``deep``           input.7-8, output.3-5 (5) input.7-8, output.0-2 (50)         input.7-8, output.3-5 (20)
+``deep-middle``    deep + middle (6)         deep + middle (60)                 deep + middle (24)
+``outputs``        output.3-11 (9)           output.0-5 (36)                    output.3-8 (24)
+``all``            16                        70                                 44
+=================  ========================  =================================  =======================
+
+``deep`` = the non-middle layers at the lowest resolution that has attention outside the middle block
+(ds4 on all three families). ``middle-first`` is what ersatzForge and incantations perturb for PAG;
+``middle`` is what Forge's PAG, ComfyUI and pamparamm perturb by default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "FAMILY_LAYOUTS",
+    "PRESETS",
+    "PRESET_HELP",
+    "BlockInfo",
+    "LayerRef",
+    "Layout",
+    "describe",
+    "detect_family",
+    "layout_of",
+    "parse_spec",
+    "preset_names",
+    "preset_spec",
+    "resolve",
+    "resolve_refs",
+    "token_counts",
+    "validate_spec",
+]
+
+_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
+_ATTR = {"input": "input_blocks", "middle": "middle_block", "output": "output_blocks"}
+
+
+# --------------------------------------------------------------------------------------------------
+# references and layouts
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """One ``attn1`` layer: ``block`` in {"input", "middle", "output"}, ``block_id`` (0 for middle),
+    ``index`` (position in ``transformer_blocks``)."""
+
+    block: str
+    block_id: int
+    index: int
+
+    def __post_init__(self):
+        if self.block not in _BLOCK_ORDER:
+            raise ValueError(f"LayerRef block must be input, middle or output, not {self.block!r}")
+        if self.block == "middle" and self.block_id != 0:
+            raise ValueError(f"LayerRef: the middle block has block_id 0, not {self.block_id}")
+        if self.block_id < 0 or self.index < 0:
+            raise ValueError(f"LayerRef ids must be non-negative: {self.block_id}, {self.index}")
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """Position in the UNet's execution order."""
+        return (_BLOCK_ORDER[self.block], self.block_id, self.index)
+
+    @property
+    def module_path(self) -> str:
+        """Qualified name relative to the UNet (A1111: ``shared.sd_model.model.diffusion_model``)."""
+        prefix = "middle_block" if self.block == "middle" else f"{_ATTR[self.block]}.{self.block_id}"
+        return f"{prefix}.1.transformer_blocks.{self.index}.attn1"
+
+    @property
+    def forge_key(self) -> tuple[str, int, int]:
+        """The 3-tuple key of Forge/ComfyUI ``attn1`` patches: ``(block, block_id, transformer index)``."""
+        return (self.block, self.block_id, self.index)
+
+    def __str__(self) -> str:
+        if self.block == "middle":
+            return f"middle.{self.index}"
+        return f"{self.block}.{self.block_id}.{self.index}"
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """A block that has a ``SpatialTransformer``: its depth and its resolution level (number of
+    downsamplings between the latent and this block's tokens)."""
+
+    block: str
+    block_id: int
+    depth: int
+    level: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The attention-bearing blocks of a UNet, in UNet order."""
+
+    blocks: tuple[BlockInfo, ...]
+
+    def ids(self, block: str) -> list[int]:
+        return [b.block_id for b in self.blocks if b.block == block]
+
+    def info(self, block: str, block_id: int) -> BlockInfo | None:
+        for b in self.blocks:
+            if b.block == block and b.block_id == block_id:
+                return b
+        return None
+
+    def refs(self) -> list[LayerRef]:
+        return [LayerRef(b.block, b.block_id, j) for b in self.blocks for j in range(b.depth)]
+
+    def signature(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple((b.block, b.block_id, b.depth) for b in self.blocks)
+
+
+def _make_layout(inputs: Mapping[int, tuple[int, int]], middle: tuple[int, int],
+                 outputs: Mapping[int, tuple[int, int]]) -> Layout:
+    blocks = [BlockInfo("input", i, d, lv) for i, (d, lv) in inputs.items()]
+    blocks.append(BlockInfo("middle", 0, *middle))
+    blocks += [BlockInfo("output", i, d, lv) for i, (d, lv) in outputs.items()]
+    return Layout(tuple(blocks))
+
+
+#: The real layouts: block id -> (transformer depth, level). See docs/hosts.md §4 and §13.2.
+FAMILY_LAYOUTS: dict[str, Layout] = {
+    "sd15": _make_layout(
+        {1: (1, 0), 2: (1, 0), 4: (1, 1), 5: (1, 1), 7: (1, 2), 8: (1, 2)},
+        (1, 3),
+        {i: (1, 2 - (i - 3) // 3) for i in range(3, 12)},
+    ),
+    "sdxl": _make_layout(
+        {4: (2, 1), 5: (2, 1), 7: (10, 2), 8: (10, 2)},
+        (10, 2),
+        {0: (10, 2), 1: (10, 2), 2: (10, 2), 3: (2, 1), 4: (2, 1), 5: (2, 1)},
+    ),
+    "sdxl-refiner": _make_layout(
+        {4: (4, 1), 5: (4, 1), 7: (4, 2), 8: (4, 2)},
+        (4, 3),
+        {3: (4, 2), 4: (4, 2), 5: (4, 2), 6: (4, 1), 7: (4, 1), 8: (4, 1)},
+    ),
+}
+
+
+def _unet_root(unet) -> nn.Module:
+    """Accept the UNet itself or a wrapper holding it (``.diffusion_model``, ``.model.diffusion_model``)."""
+    for path in ((), ("diffusion_model",), ("model", "diffusion_model"), ("model", "model", "diffusion_model")):
+        obj = unet
+        for attr in path:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if obj is not None and hasattr(obj, "input_blocks") and hasattr(obj, "output_blocks"):
+            return obj
+    raise ValueError(
+        f"not a UNet: {type(unet).__name__} has no input_blocks/middle_block/output_blocks "
+        "(expected an ldm/sgm/Forge UNetModel or a model holding one as .diffusion_model)"
+    )
+
+
+def _child(module: nn.Module, name: str) -> nn.Module | None:
+    return dict(module.named_children()).get(name)
+
+
+def _has_child_class(module: nn.Module, class_name: str) -> bool:
+    return any(type(c).__name__ == class_name for c in module.children())
+
+
+def _walk(unet) -> tuple[Layout, dict[LayerRef, nn.Module]]:
+    root = _unet_root(unet)
+    blocks: list[BlockInfo] = []
+    modules: dict[LayerRef, nn.Module] = {}
+
+    def visit(block: str, block_id: int, container: nn.Module, level: int) -> None:
+        st = _child(container, "1")
+        tbs = getattr(st, "transformer_blocks", None) if st is not None else None
+        if tbs is None:
+            return
+        depth = 0
+        for j, tb in enumerate(tbs):
+            attn1 = getattr(tb, "attn1", None)
+            if attn1 is None:
+                continue
+            modules[LayerRef(block, block_id, j)] = attn1
+            depth = j + 1
+        if depth:
+            blocks.append(BlockInfo(block, block_id, depth, level))
+
+    level = 0
+    for i, container in enumerate(root.input_blocks):
+        visit("input", i, container, level)
+        if _has_child_class(container, "Downsample"):
+            level += 1
+    middle = getattr(root, "middle_block", None)
+    if middle is not None:
+        visit("middle", 0, middle, level)
+    for i, container in enumerate(root.output_blocks):
+        visit("output", i, container, level)
+        if _has_child_class(container, "Upsample"):
+            level = max(level - 1, 0)
+    return Layout(tuple(blocks)), modules
+
+
+def layout_of(unet) -> Layout:
+    """The attention-bearing blocks of ``unet`` (any module tree with the hosts' names)."""
+    return _walk(unet)[0]
+
+
+def detect_family(unet) -> str:
+    """``"sd15"`` (also SD2.x, same layout), ``"sdxl"``, ``"sdxl-refiner"`` or ``"unknown"``."""
+    sig = layout_of(unet).signature() if not isinstance(unet, Layout) else unet.signature()
+    for family, layout in FAMILY_LAYOUTS.items():
+        if layout.signature() == sig:
+            return family
+    return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# presets
+
+DEFAULT_PRESET = "middle"
+
+#: Per-family expansion of each preset, in the grammar (documentation and UI hints; resolution computes
+#: the same sets from the structure, so unknown layouts work too).
+PRESETS: dict[str, dict[str, str]] = {
+    "middle": {"sd15": "middle.0", "sdxl": "middle.0-9", "sdxl-refiner": "middle.0-3"},
+    "middle-first": {"sd15": "middle.0", "sdxl": "middle.0", "sdxl-refiner": "middle.0"},
+    "deep": {
+        "sd15": "input.7-8.0, output.3-5.0",
+        "sdxl": "input.7-8.0-9, output.0-2.0-9",
+        "sdxl-refiner": "input.7-8.0-3, output.3-5.0-3",
+    },
+    "deep-middle": {
+        "sd15": "input.7-8.0, middle.0, output.3-5.0",
+        "sdxl": "input.7-8.0-9, middle.0-9, output.0-2.0-9",
+        "sdxl-refiner": "input.7-8.0-3, middle.0-3, output.3-5.0-3",
+    },
+    "outputs": {"sd15": "output.3-11.0", "sdxl": "output.0-2.0-9, output.3-5.0-1",
+                "sdxl-refiner": "output.3-8.0-3"},
+    "all": {"sd15": "input, middle, output", "sdxl": "input, middle, output",
+            "sdxl-refiner": "input, middle, output"},
+}
+
+PRESET_HELP: dict[str, str] = {
+    "middle": "every transformer of the middle block (default; Forge PAG / ComfyUI / pamparamm)",
+    "middle-first": "only the first transformer of the middle block (ersatzForge / incantations PAG)",
+    "deep": "the lowest-resolution layers outside the middle block (SDXL: input 7-8, output 0-2)",
+    "deep-middle": "deep plus the middle block",
+    "outputs": "every output (decoder) block",
+    "all": "every self-attention layer (slow)",
+}
+
+_FAMILY_ALIASES = {"sd15": "sd15", "sd1": "sd15", "sd2": "sd15", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner"}
+
+
+def preset_names() -> tuple[str, ...]:
+    """Preset names in UI order, the default first."""
+    return tuple(PRESETS)
+
+
+def preset_spec(name: str, family: str) -> str:
+    """The expansion of preset ``name`` for ``family`` ("sd15"/"sd2", "sdxl", "sdxl-refiner")."""
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise ValueError(f"unknown layer preset {name!r}; presets: {', '.join(PRESETS)}")
+    fam = _FAMILY_ALIASES.get(family.strip().lower())
+    if fam is None:
+        raise ValueError(f"no preset table for model family {family!r}; families: sd15, sd2, sdxl, sdxl-refiner")
+    return PRESETS[key][fam]
+
+
+def _preset_refs(name: str, layout: Layout) -> list[LayerRef]:
+    if name == "all":
+        return layout.refs()
+    if name == "middle":
+        return [r for r in layout.refs() if r.block == "middle"]
+    if name == "middle-first":
+        return [r for r in layout.refs() if r.block == "middle"][:1]
+    if name == "outputs":
+        return [r for r in layout.refs() if r.block == "output"]
+    outer = [b for b in layout.blocks if b.block != "middle"]
+    deepest = max((b.level for b in outer), default=None)
+    chosen = {(b.block, b.block_id) for b in outer if b.level == deepest}
+    if name == "deep-middle":
+        chosen |= {(b.block, b.block_id) for b in layout.blocks if b.block == "middle"}
+    return [r for r in layout.refs() if (r.block, r.block_id) in chosen]
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing
+
+_SECTIONS = ("input", "middle", "output")
+_KEYWORDS = frozenset(PRESETS) | {"input", "output"}
+
+ACCEPTED_FORMS = (
+    "accepted forms, separated by commas: a preset (" + ", ".join(PRESETS) + "); "
+    "input / output / all; middle, middle.K, middle.A-B; input.N, input.N.K, input.A-B, input.A-B.K-L "
+    "(same for output); shorthand dI, uI, m0 with optional .K or .A-B (I = ordinal among blocks with "
+    "attention), ranges dA-B or dA-dB; numbers are non-negative integers, ranges A-B need A <= B"
+)
+
+_NUM = r"(\d+)(?:-(\d+))?"
+_RE_CANON = re.compile(rf"(input|output)\.{_NUM}(?:\.{_NUM})?")
+_RE_MIDDLE = re.compile(rf"middle(?:\.{_NUM})?")
+_RE_SHORT = re.compile(r"([dmu])(\d+)(?:-\1?(\d+))?" + rf"(?:\.{_NUM})?")
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One parsed item. ``ids``/``index`` None = all; ``ordinal`` = ids are d/u/m ordinals."""
+
+    text: str
+    kind: str  # "preset", "section", "blocks"
+    name: str  # preset name, or block section
+    ids: Range | None = None
+    index: Range | None = None
+    ordinal: bool = False
+
+
+def _err(spec: str, detail: str) -> ValueError:
+    return ValueError(f"invalid layer spec {spec!r}: {detail}")
+
+
+def _range(spec: str, text: str, lo: str | None, hi: str | None) -> Range | None:
+    if lo is None:
+        return None
+    a = int(lo)
+    b = a if hi is None else int(hi)
+    if b < a:
+        raise _err(spec, f"range {a}-{b} in {text!r} is reversed (write {b}-{a})")
+    return (a, b)
+
+
+def parse_spec(spec: str) -> tuple[_Item, ...]:
+    """Check the syntax of ``spec`` without a UNet; raises ``ValueError`` naming the spec and the forms."""
+    if not isinstance(spec, str):
+        raise ValueError(f"invalid layer spec {spec!r}: expected a string; {ACCEPTED_FORMS}")
+    text = re.sub(r"\s+", "", spec).lower()
+    if not text:
+        raise _err(spec, f"it is empty; {ACCEPTED_FORMS}")
+    items = []
+    for part in re.split(r"[,;]", text):
+        if not part:
+            raise _err(spec, f"empty item (stray comma); {ACCEPTED_FORMS}")
+        items.append(_parse_item(spec, part))
+    return tuple(items)
+
+
+def _parse_item(spec: str, part: str) -> _Item:
+    if part in _KEYWORDS:
+        if part in ("input", "output"):
+            return _Item(part, "section", part)
+        return _Item(part, "preset", part)
+    m = _RE_CANON.fullmatch(part)
+    if m:
+        return _Item(part, "blocks", m[1], _range(spec, part, m[2], m[3]), _range(spec, part, m[4], m[5]))
+    m = _RE_MIDDLE.fullmatch(part)
+    if m:
+        return _Item(part, "blocks", "middle", (0, 0), _range(spec, part, m[1], m[2]))
+    m = _RE_SHORT.fullmatch(part)
+    if m:
+        block = {"d": "input", "m": "middle", "u": "output"}[m[1]]
+        return _Item(part, "blocks", block, _range(spec, part, m[2], m[3]), _range(spec, part, m[4], m[5]),
+                     ordinal=True)
+    if re.search(r"(^|[.a-z])-", part):
+        raise _err(spec, f"{part!r}: negative numbers are not allowed; {ACCEPTED_FORMS}")
+    if re.fullmatch(r"middle\.\d+\.\d+(-\d+)?", part):
+        raise _err(spec, f"{part!r}: the middle block takes only a transformer index, write "
+                         f"middle.{part.split('.', 2)[2]} (middle.K selects transformer K)")
+    raise _err(spec, f"cannot parse {part!r}; {ACCEPTED_FORMS}")
+
+
+def validate_spec(spec: str) -> str:
+    """Syntax check for UI/API input; returns the normalised spec (lower case, no whitespace, ``, ``)."""
+    return ", ".join(item.text for item in parse_spec(spec))
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution
+
+
+def _fmt_ids(ids: Iterable[int]) -> str:
+    return ", ".join(str(i) for i in ids) or "none"
+
+
+def _select(available: list[int], want: Range | None, spec: str, what: str, listing: str) -> list[int]:
+    if want is None:
+        return list(available)
+    lo, hi = want
+    if lo == hi:
+        if lo not in available:
+            raise _err(spec, f"{what} does not exist in this UNet; {listing}")
+        return [lo]
+    chosen = [i for i in available if lo <= i <= hi]
+    if not chosen:
+        raise _err(spec, f"{what} selects nothing in this UNet; {listing}")
+    return chosen
+
+
+def _item_refs(item: _Item, layout: Layout, spec: str) -> list[LayerRef]:
+    if item.kind == "preset":
+        refs = _preset_refs(item.name, layout)
+        if not refs:
+            raise _err(spec, f"preset {item.name!r} selects nothing in this UNet")
+        return refs
+    if item.kind == "section":
+        refs = [r for r in layout.refs() if r.block == item.name]
+        if not refs:
+            raise _err(spec, f"this UNet has no {item.name} blocks with attention")
+        return refs
+
+    block = item.name
+    ids = layout.ids(block)
+    if item.ordinal:
+        letter = {"input": "d", "middle": "m", "output": "u"}[block]
+        ordinals = list(range(len(ids)))
+        pairs = ", ".join(f"{letter}{o}={block}" + ("" if block == "middle" else f".{i}")
+                          for o, i in enumerate(ids)) or "none"
+        lo, hi = item.ids
+        what = f"{letter}{lo}" if lo == hi else f"{letter}{lo}-{hi}"
+        chosen_ids = [ids[o] for o in _select(ordinals, item.ids, spec, what,
+                                              f"{block} blocks with attention: {pairs}")]
+        label = {i: f"{letter}{o}" for o, i in enumerate(ids)}
+    else:
+        if block == "middle":
+            if not ids:
+                raise _err(spec, "this UNet has no middle block with attention")
+            chosen_ids = [0]
+            label = {0: "middle"}
+        else:
+            lo, hi = item.ids
+            what = f"{block}.{lo}" if lo == hi else f"{block}.{lo}-{hi}"
+            chosen_ids = _select(ids, item.ids, spec, what, f"{block} blocks with attention: {_fmt_ids(ids)}")
+            label = {i: f"{block}.{i}" for i in ids}
+
+    refs = []
+    for bid in chosen_ids:
+        depth = layout.info(block, bid).depth
+        if item.index is None:
+            indices = list(range(depth))
+        else:
+            lo, hi = item.index
+            what = f"{label[bid]}.{lo}" if lo == hi else f"{label[bid]}.{lo}-{hi}"
+            where = "the middle block" if block == "middle" else f"{block} block {bid}"
+            indices = _select(list(range(depth)), item.index, spec, what,
+                              f"{where} has transformers {_span(range(depth))}")
+        refs += [LayerRef(block, bid, j) for j in indices]
+    return refs
+
+
+def _span(indices: Iterable[int]) -> str:
+    runs = _runs(sorted(indices))
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
+
+def _runs(values: list[int]) -> list[Range]:
+    runs: list[Range] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs
+
+
+def resolve_refs(layout: Layout | str | nn.Module, spec: str) -> list[LayerRef]:
+    """The layers ``spec`` selects in ``layout`` (a :class:`Layout`, a family name or a UNet), in UNet
+    order, without duplicates."""
+    if isinstance(layout, str):
+        fam = _FAMILY_ALIASES.get(layout.strip().lower())
+        if fam is None:
+            raise ValueError(f"unknown model family {layout!r}; families: sd15, sd2, sdxl, sdxl-refiner")
+        layout = FAMILY_LAYOUTS[fam]
+    elif not isinstance(layout, Layout):
+        layout = layout_of(layout)
+    items = parse_spec(spec)
+    seen: set[LayerRef] = set()
+    for item in items:
+        seen.update(_item_refs(item, layout, spec))
+    return sorted(seen, key=lambda r: r.sort_key)
+
+
+def resolve(unet, spec: str) -> list[tuple[LayerRef, nn.Module]]:
+    """The ``attn1`` modules of ``unet`` that ``spec`` selects, as (ref, module), in UNet order."""
+    layout, modules = _walk(unet)
+    return [(ref, modules[ref]) for ref in resolve_refs(layout, spec)]
+
+
+def describe(refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]]) -> str:
+    """A compact canonical string for a selection, e.g. ``"input.7-8.0-9, middle.0-9"``; it parses back
+    to the same selection. ``"none"`` when empty."""
+    flat = sorted({r[0] if isinstance(r, tuple) else r for r in refs}, key=lambda r: r.sort_key)
+    if not flat:
+        return "none"
+    per_block: dict[tuple[str, int], list[int]] = {}
+    for r in flat:
+        per_block.setdefault((r.block, r.block_id), []).append(r.index)
+    # group consecutive block ids of one section with the same transformer indices
+    groups: list[tuple[str, int, int, tuple[int, ...]]] = []
+    for (block, bid), indices in per_block.items():
+        key = tuple(indices)
+        if groups and groups[-1][0] == block and groups[-1][2] == bid - 1 and groups[-1][3] == key:
+            groups[-1] = (block, groups[-1][1], bid, key)
+        else:
+            groups.append((block, bid, bid, key))
+    parts = []
+    for block, lo, hi, indices in groups:
+        head = "middle" if block == "middle" else f"{block}.{lo}" if lo == hi else f"{block}.{lo}-{hi}"
+        for a, b in _runs(list(indices)):
+            parts.append(f"{head}.{a}" if a == b else f"{head}.{a}-{b}")
+    return ", ".join(parts)
+
+
+def token_counts(unet, refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]], latent_h: int,
+                 latent_w: int) -> dict[LayerRef, int]:
+    """Tokens each layer's self-attention sees for a ``latent_h``×``latent_w`` latent. Each downsampling
+    halves height and width rounding up (the strided conv), so odd sizes are exact."""
+    layout = unet if isinstance(unet, Layout) else layout_of(unet)
+    out: dict[LayerRef, int] = {}
+    for r in refs:
+        ref = r[0] if isinstance(r, tuple) else r
+        info = layout.info(ref.block, ref.block_id)
+        if info is None or ref.index >= info.depth:
+            raise ValueError(f"layer {ref} does not exist in this UNet")
+        h, w = latent_h, latent_w
+        for _ in range(info.level):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        out[ref] = h * w
+    return out

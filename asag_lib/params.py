@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from asag_lib import layers
 
 INFOTEXT_PREFIX = "ASAG "
 XYZ_PREFIX = "[ASAG] "
@@ -62,12 +64,7 @@ class Param:
 
 def _layer_check(value: str) -> str:
     """Syntax check of a layer spec (resolution against a UNet happens at sampling time)."""
-    from asag_lib import layers  # local import keeps params importable while layers evolves
-
-    checker: Callable[[str], object] | None = getattr(layers, "check_spec", None)
-    if checker is not None:
-        checker(value)
-    return value
+    return layers.validate_spec(value)
 
 
 PARAMS: tuple[Param, ...] = (
@@ -158,9 +155,10 @@ def coerce(param: Param, value: Any, source: str = "input") -> Any:
         if not text:
             raise _error(param, value, source, "empty")
         try:
-            _layer_check(text)
+            return _layer_check(text)
         except ValueError as exc:
-            raise _error(param, value, source, str(exc)) from None
+            # The grammar's message already lists the accepted forms.
+            raise ValueError(f"ASAG {source}: invalid value {value!r} for 'layers': {exc}") from None
     return text
 
 

@@ -1,0 +1,298 @@
+"""AUTOMATIC1111 1.10.x adapter: the three CFG callbacks and the weak call on the cond rows.
+
+Flow per model call (CFGDenoiser.forward):
+  cfg_denoiser  -> decide whether this call is guided; remember the callback params (a reference, so
+                   edits by later callbacks are seen) and the multicond weights.
+  cfg_denoised  -> one extra call of the same inner model on the cond rows, with the chosen attn1
+                   modules patched for that call only; keep delta = cond - weak per row.
+  cfg_after_cfg -> denoised += s * sum_k w_k delta_k per image (masked for inpainting on samplers that
+                   blend before this callback), optional rescale.
+
+Host modules are imported inside functions. The only module-level state is what the host forces:
+the link between the denoiser callback and the two later callbacks, which carry no `p` (`_current`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asag_lib import guidance, layers
+from asag_lib.attention import ContextTransform, KernelOptions, make_attn1_forward, patched_forwards
+from asag_lib.hosts.job import Job, get_job, report_error
+
+CALLBACK_NAME = "asag"
+
+
+@dataclasses.dataclass
+class _Step:
+    """What one guided model call needs between its three callbacks."""
+
+    job: Job
+    params: Any  # CFGDenoiserParams: x, sigma, image_cond, text_cond, text_uncond, denoiser
+    conds_list: list[list[tuple[int, float]]]
+    delta: Tensor | None = None
+    cond_rows: Tensor | None = None
+
+
+_current: list[_Step] = []
+"""At most one entry: the guided call in flight (host-forced, see module docstring)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# per sampling pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    unet_id: int
+    refs: tuple[layers.LayerRef, ...]
+    modules: tuple[torch.nn.Module, ...]
+
+
+def _diffusion_model() -> Any:
+    from modules import shared
+
+    model = getattr(shared, "sd_model", None)
+    return getattr(getattr(model, "model", None), "diffusion_model", None)
+
+
+def _unsupported_reason(unet: Any) -> str | None:
+    from modules import sd_unet
+
+    if getattr(sd_unet, "current_unet", None) is not None:
+        return ("an alternative UNet (e.g. TensorRT) is active; its attention cannot be patched, "
+                "so ASAG is off for this job")
+    if unet is None or not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        return ("this model has no UNet self-attention layers ASAG supports (SD3 and other DiTs are not "
+                "supported); ASAG is off for this job")
+    return None
+
+
+def _resolve(job: Job, unet: Any) -> _Target | None:
+    """The attn1 modules of the live model for the job's layer spec, cached per model identity."""
+    cache: dict[int, _Target | None] = job.state.setdefault("targets", {})
+    key = id(unet)
+    if key in cache:
+        return cache[key]
+    target: _Target | None = None
+    try:
+        resolved = layers.resolve(unet, job.settings.layers)
+    except ValueError as exc:
+        job.say_once(f"{exc}; ASAG is off for this model")
+    else:
+        target = _Target(key, tuple(ref for ref, _ in resolved), tuple(module for _, module in resolved))
+    cache[key] = target
+    return target
+
+
+def _pass_is_guided(job: Job, p: Any) -> bool:
+    hires = job.settings.hires
+    is_hr = bool(getattr(p, "is_hr_pass", False))
+    return hires == "both" or (hires == "hires") == is_hr
+
+
+def _summary(job: Job, target: _Target, unet: Any, x: Tensor | None, is_hr: bool) -> str:
+    settings = job.settings
+    text = f"{len(target.refs)} layer(s) {layers.describe(target.refs)}"
+    if x is not None:
+        h, w = x.shape[-2:]
+        counts = sorted(set(layers.token_counts(unet, target.refs, h, w).values()))
+        text += f", {'/'.join(map(str, counts))} tokens per layer at {w * 8}×{h * 8}"
+        big = [n for n in counts if n > 16384]
+        if big:
+            text += f" (warning: {max(big)} tokens make the Sinkhorn pass slow)"
+    window = "" if (settings.start, settings.end) == (0.0, 1.0) else f", steps {settings.start:.0%}–{settings.end:.0%}"
+    return (f"{'hires pass' if is_hr else 'sampling'}: scale {settings.scale:g}, {text}, "
+            f"{settings.iterations} Sinkhorn iteration(s){window}")
+
+
+def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None:
+    """`process_before_every_sampling`: decide whether this pass is guided and resolve its layers."""
+    state = job.state
+    is_hr = bool(getattr(p, "is_hr_pass", False))
+    state["pass_active"] = False
+    if state.get("failed"):
+        return
+    if not _pass_is_guided(job, p):
+        job.say_once(f"{'hires' if is_hr else 'first'} pass not guided (Hires. fix setting '{job.settings.hires}')")
+        return
+    unet = _diffusion_model()
+    reason = _unsupported_reason(unet)
+    if reason:
+        job.say_once(reason)
+        return
+    target = _resolve(job, unet)
+    if target is None:
+        return
+    job.say_once(_summary(job, target, unet, x, is_hr))
+    state["pass_active"] = True
+
+
+# ------------------------------------------------------------------------------------------------
+# callbacks
+
+
+def _context_transform() -> ContextTransform | None:
+    """A1111's attention forwards apply loaded hypernetworks to the context; do the same when any is loaded."""
+    from modules import shared
+
+    if not getattr(shared, "loaded_hypernetworks", None):
+        return None
+    from modules.hypernetworks import hypernetwork
+
+    def transform(module: torch.nn.Module, context: Tensor) -> tuple[Tensor, Tensor]:
+        return hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context, module)
+
+    return transform
+
+
+def on_cfg_denoiser(params: Any) -> None:
+    _current.clear()
+    denoiser = getattr(params, "denoiser", None)
+    job = get_job(getattr(denoiser, "p", None))
+    if job is None or not job.state.get("pass_active") or job.state.get("failed"):
+        return
+    progress = guidance.progress(denoiser.step, denoiser.total_steps)
+    if not guidance.in_window(progress, job.settings.start, job.settings.end):
+        return
+    from modules import prompt_parser
+
+    conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"], denoiser.step)
+    _current.append(_Step(job, params, [list(entries) for entries in conds_list]))
+
+
+def _rows(cond: Any, index: Tensor) -> Any:
+    """Rows of a tensor or SDXL cond dict, as fresh tensors (ControlNet's Revision writes `vector` in place)."""
+    if isinstance(cond, dict):
+        return {key: value.index_select(0, index.to(value.device)) for key, value in cond.items()}
+    return cond.index_select(0, index.to(cond.device))
+
+
+def _condition_dict(text_cond: Any, image_cond: Tensor) -> dict[str, Any]:
+    """The cond dict the host's forward builds (make_condition_dict) for these rows."""
+    from modules import shared
+
+    if getattr(shared.sd_model.model, "conditioning_key", None) == "crossattn-adm":
+        return {"c_crossattn": [text_cond], "c_adm": image_cond}
+    if isinstance(text_cond, dict):
+        return {**text_cond, "c_concat": [image_cond]}
+    return {"c_crossattn": [text_cond], "c_concat": [image_cond]}
+
+
+def _weak_chunks(n_cond: int, n_images: int, n_rows: int, pad: bool) -> list[tuple[list[int], list[int]]]:
+    """(cond rows, rows to send) for each weak call.
+
+    Without a UNet hook: one call on the cond rows (or slices of one image batch each, as the host does
+    when `batch_cond_uncond` is off). With a hook such as ControlNet's, whose units cache tensors at
+    the first call's batch size (reference, inpaint), every call has the host's call size, padded with
+    repeats of its first row; the extra outputs are discarded.
+    """
+    from modules import shared
+
+    size = n_rows if shared.opts.batch_cond_uncond else n_images
+    if not pad and shared.opts.batch_cond_uncond:
+        size = n_cond
+    chunks = []
+    for start in range(0, n_cond, size):
+        rows = list(range(start, min(start + size, n_cond)))
+        sent = rows + [rows[0]] * (size - len(rows)) if pad else rows
+        chunks.append((rows, sent))
+    return chunks
+
+
+def _unet_is_hooked(unet: Any) -> bool:
+    """An instance-level UNet forward means a hook such as ControlNet's, which caches per-batch tensors."""
+    return unet is not None and "forward" in vars(unet)
+
+
+def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
+    params = step.params
+    text_cond = params.text_cond
+    n_cond = (text_cond["crossattn"] if isinstance(text_cond, dict) else text_cond).shape[0]
+    n_images = len(step.conds_list)
+    pad = _unet_is_hooked(_diffusion_model())
+    forward = make_attn1_forward(KernelOptions.from_settings(step.job.settings), _context_transform())
+    weak = torch.empty_like(params.x[:n_cond])
+    with patched_forwards(target.modules, forward):
+        for rows, sent in _weak_chunks(n_cond, n_images, params.x.shape[0], pad):
+            index = torch.tensor(sent, dtype=torch.long)
+            out = inner_model(
+                _rows(params.x, index),
+                _rows(params.sigma, index),
+                cond=_condition_dict(_rows(text_cond, index), _rows(params.image_cond, index)),
+            )
+            weak[rows] = out[: len(rows)]
+    return weak
+
+
+def on_cfg_denoised(params: Any) -> None:
+    if not _current:
+        return
+    step = _current[0]
+    denoiser = step.params.denoiser
+    if params.inner_model is not denoiser.inner_model:
+        _current.clear()
+        return
+    job = step.job
+    unet = _diffusion_model()
+    target = _resolve(job, unet)
+    if target is None:
+        _current.clear()
+        return
+    if target.unet_id != job.state.get("announced_unet", target.unet_id):
+        job.say_once(f"model changed during sampling (refiner): now {len(target.refs)} layer(s) "
+                     f"{layers.describe(target.refs)}")
+    job.state["announced_unet"] = target.unet_id
+    try:
+        weak = _weak_prediction(step, params.inner_model, target)
+    except Exception as exc:  # a failing weak pass must never break the host's sampling
+        job.state["failed"] = True
+        _current.clear()
+        report_error(denoiser.p, f"ASAG weak pass failed ({type(exc).__name__}: {exc}); "
+                                 "ASAG is off for the rest of this job")
+        return
+    cond_rows = params.x[: weak.shape[0]]
+    step.delta = cond_rows - weak
+    step.cond_rows = cond_rows if job.settings.rescale else None
+
+
+def on_cfg_after_cfg(params: Any) -> None:
+    if not _current:
+        return
+    step = _current.pop()
+    if step.delta is None:
+        return
+    settings = step.job.settings
+    denoised = params.x
+    term = guidance.per_image(step.delta, step.conds_list).to(denoised.dtype) * settings.scale
+    guided = denoised + term
+    if settings.rescale:
+        reference = guidance.weighted_cond(step.cond_rows, step.conds_list).to(guided.dtype)
+        guided = guidance.rescale_like(guided, reference, settings.rescale)
+    denoiser = step.params.denoiser
+    if getattr(denoiser, "mask", None) is not None and not getattr(denoiser, "mask_before_denoising", False):
+        # The inpainting blend already ran on k-diffusion samplers: keep preserved areas untouched.
+        guided = denoised + (guided - denoised) * denoiser.nmask
+    params.x = guided
+
+
+CALLBACKS: Sequence[tuple[str, Any]] = (
+    ("on_cfg_denoiser", on_cfg_denoiser),
+    ("on_cfg_denoised", on_cfg_denoised),
+    ("on_cfg_after_cfg", on_cfg_after_cfg),
+)
+
+
+def register() -> None:
+    """Register the CFG callbacks once (the script module calls this at import; UI reloads clear the
+    host's callbacks and re-import the script, so this runs again then)."""
+    from modules import script_callbacks
+
+    for registrar, callback in CALLBACKS:
+        script_callbacks.remove_callbacks_for_function(callback)
+        getattr(script_callbacks, registrar)(callback, name=CALLBACK_NAME)

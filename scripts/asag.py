@@ -1,0 +1,59 @@
+"""ASAG: Adversarial Sinkhorn Attention Guidance — the AlwaysOn script for A1111 and Forge.
+
+Only host glue lives here; everything else is in `asag_lib` (the WebUI puts this extension's folder on
+sys.path while it loads scripts, so the package is imported now, at module import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from modules import script_callbacks, scripts
+
+from asag_lib import ui
+from asag_lib.hosts import detect, job, xyz
+
+TITLE = "ASAG"  # also the API key in alwayson_scripts: keep it stable
+
+HOST = detect()
+ADAPTER = importlib.import_module(f"asag_lib.hosts.{HOST}") if HOST in ("a1111", "forge") else None
+
+if ADAPTER is not None and hasattr(ADAPTER, "register"):
+    ADAPTER.register()
+
+
+def _register_xyz_axes() -> None:
+    xyz.register()
+
+
+# At import for API-only start-up (the X/Y/Z choices are built before on_before_ui there), and again
+# before every UI build (after a reload); `register` deduplicates by label.
+_register_xyz_axes()
+script_callbacks.on_before_ui(_register_xyz_axes)
+
+
+class ASAGScript(scripts.Script):
+    sorting_priority = 15
+
+    def title(self) -> str:
+        return TITLE
+
+    def show(self, is_img2img: bool):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool):
+        built = ui.build(self.elem_id, TITLE)
+        self.infotext_fields = built.infotext_fields
+        self.paste_field_names = built.paste_field_names
+        return built.components
+
+    def process(self, p, *args):
+        job.prepare_job(p, args)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        current = job.get_job(p)
+        if current is not None and ADAPTER is not None:
+            ADAPTER.before_sampling(p, current, **kwargs)
+
+    def postprocess(self, p, processed, *args):
+        job.clear_job(p)

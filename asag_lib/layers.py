@@ -422,7 +422,7 @@ def _parse_item(spec: str, part: str) -> _Item:
         block = {"d": "input", "m": "middle", "u": "output"}[m[1]]
         return _Item(part, "blocks", block, _range(spec, part, m[2], m[3]), _range(spec, part, m[4], m[5]),
                      ordinal=True)
-    if re.search(r"(^|[.a-z])-", part):
+    if re.search(r"(\.|^[a-z]+)-\d", part):
         raise _err(spec, f"{part!r}: negative numbers are not allowed; {ACCEPTED_FORMS}")
     if re.fullmatch(r"middle\.\d+\.\d+(-\d+)?", part):
         raise _err(spec, f"{part!r}: the middle block takes only a transformer index, write "

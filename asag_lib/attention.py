@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -39,9 +40,10 @@ class KernelOptions:
         return cls(iterations=settings.iterations, tol=settings.tolerance, rescale=settings.plan == "rows")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-        """Sinkhorn attention on (batch, heads, tokens, dim) tensors."""
-        return sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
-                                  rescale=self.rescale)
+        """Sinkhorn attention on (batch, heads, tokens, dim) tensors; inference only (the weak pass)."""
+        with torch.no_grad():
+            return sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
+                                      rescale=self.rescale)
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:

@@ -11,57 +11,58 @@ middle block has block id 0.
 
 Grammar
 -------
-A spec is a list of items separated by ``,`` or ``;``. Case and whitespace are ignored. The result is
-the union of the items, in UNet order, without duplicates. ``N``, ``K``, ``A-B`` are non-negative
-decimal integers; ``A-B`` is an inclusive range with ``A <= B``.
+A spec is a list of items separated by ``,`` or ``;`` (``;`` survives X/Y/Z and infotext, which split
+on commas). Case and whitespace are ignored. The result is the union of the items, in UNet order,
+without duplicates. ``N``, ``K``, ``I``, ``A``, ``B`` are non-negative decimal integers; ``A-B`` is an
+inclusive range with ``A <= B``. (Markdown tables, to be copied into the README.)
 
-=========================  ===========================================================================
-Item                       Selects
-=========================  ===========================================================================
-``middle``                 every transformer of the middle block (SDXL 10, refiner 4, SD1.5 1)
-``middle.K``               transformer K of the middle block (``middle.0`` = the first only)
-``middle.A-B``             transformers A..B of the middle block
-``input.N``                every transformer of input block N (``output.N`` likewise)
-``input.N.K``              transformer K of input block N (``input.7.3`` = ``input_blocks.7.1.
-                           transformer_blocks.3.attn1``)
-``input.A-B``              every transformer of the input blocks A..B that have attention
-``input.A-B.K``, ``.A-B``  transformer K (or A..B) of each of those blocks
-``input``, ``output``      every transformer of every input (output) block
-``all``                    every ``attn1`` in the UNet
-``dI``, ``uI``, ``m0``     pamparamm's shorthand: ``d``/``u`` + the ORDINAL among the input/output
-                           blocks that have attention (not the raw id): SDXL ``d0-d3`` = input 4, 5, 7, 8
-                           and ``u0-u5`` = output 0-5; SD1.5 ``d0-d5`` = input 1, 2, 4, 5, 7, 8 and
-                           ``u0-u8`` = output 3-11; ``m0`` = the middle block
-``dI.K``, ``dI.A-B``       transformer K (A..B) of that block, e.g. ``d2.2-9``, ``m0.0``
-``dA-B``, ``dA-dB``        ordinals A..B, e.g. ``d0-d3`` (same for ``u``)
-a preset name              see below (``middle``, ``middle-first``, ``deep``, ``deep-middle``,
-                           ``outputs``, ``all``)
-=========================  ===========================================================================
+| Item | Selects |
+|---|---|
+| `middle` | every transformer of the middle block (SDXL 10, refiner 4, SD1.5/SD2 1) |
+| `middle.K` | transformer K of the middle block (`middle.0` = the first one only) |
+| `middle.A-B` | transformers A..B of the middle block |
+| `input.N`, `output.N` | every transformer of input (output) block N (raw block id, as in the module path) |
+| `input.N.K`, `output.N.K` | transformer K of that block: `input.7.3` = `input_blocks.7.1.transformer_blocks.3.attn1` |
+| `input.N.A-B` | transformers A..B of that block, e.g. `output.0.0-4` |
+| `input.A-B`, `input.A-B.K`, `input.A-B.C-D` | the same for every block A..B that has attention |
+| `input`, `output`, `all` | every transformer of every input block / output block / the whole UNet |
+| `dI`, `uI`, `m0` | pamparamm's shorthand: `d`/`u` + the ORDINAL among the input/output blocks that have attention, not the raw id. SDXL: `d0-d3` = input 4, 5, 7, 8; `u0-u5` = output 0-5. SD1.5/SD2: `d0-d5` = input 1, 2, 4, 5, 7, 8; `u0-u8` = output 3-11. Refiner: `d0-d3` = input 4, 5, 7, 8; `u0-u5` = output 3-8. `m0` = the middle block |
+| `dI.K`, `dI.A-B` | transformer K (A..B) of that block, e.g. `d2.2-9`, `m0.0` |
+| `dA-B`, `dA-dB` | ordinals A..B, e.g. `d0-d3`, `u1-2.0` |
+| a preset name | `middle`, `middle-first`, `deep`, `deep-middle`, `outputs`, `all` (below) |
 
-Rules: a single number (block id, ordinal or transformer index) must exist, otherwise the spec is a
-``ValueError`` that lists what exists (``input.9 does not exist in this UNet; input blocks with
-attention: 4, 5, 7, 8``). A range selects the members that exist within it and must select at least
-one; so ``input.4-8`` on SDXL is input 4, 5, 7, 8 (6 has no attention) and ``output.0-5.0-9`` takes
-indices 0-1 of the depth-2 blocks. ``middle.N.K`` is rejected: the middle block has no block id in the
-grammar, write ``middle.K``. Numbers compare as integers, so ``output.1`` never matches ``output.10``.
+Rules:
 
-Presets (resolved from the structure of the loaded UNet; the per-family expansions are in
-:data:`PRESETS`):
+* A single number (block id, ordinal or transformer index) must exist, otherwise the spec is a
+  ``ValueError`` that says what exists (``input.9 does not exist in this UNet; input blocks with
+  attention: 4, 5, 7, 8``).
+* A range selects the members that exist within it and must select at least one: ``input.4-8`` on SDXL
+  is input 4, 5, 7, 8 (6 has no attention); ``output.0-5.0-9`` takes indices 0-1 of the depth-2 blocks.
+* ``middle.N.K`` is rejected (the middle block has no block id in the grammar; write ``middle.K``), so a
+  number after ``middle.`` is always a transformer index.
+* Numbers compare as integers: ``output.1`` never matches ``output.10``, ``d1`` never ``d10``.
+* Malformed specs (empty, ``input.``, ``input.8-7``, ``x3``, negative numbers) are ``ValueError``s that
+  name the spec and list the accepted forms.
 
-=================  ========================  =================================  =======================
-Preset             SD1.5 / SD2 (16 attn1)    SDXL base (70 attn1)               SDXL refiner (44 attn1)
-=================  ========================  =================================  =======================
-``middle`` (dflt)  middle.0 (1)              middle.0-9 (10)                    middle.0-3 (4)
-``middle-first``   middle.0 (1)              middle.0 (1)                       middle.0 (1)
-``deep``           input.7-8, output.3-5 (5) input.7-8, output.0-2 (50)         input.7-8, output.3-5 (20)
-``deep-middle``    deep + middle (6)         deep + middle (60)                 deep + middle (24)
-``outputs``        output.3-11 (9)           output.0-5 (36)                    output.3-8 (24)
-``all``            16                        70                                 44
-=================  ========================  =================================  =======================
+Presets
+-------
+Resolved from the structure of the loaded UNet, so unknown layouts work too; the per-family expansions
+are in :data:`PRESETS` (attn1 counts in brackets).
 
-``deep`` = the non-middle layers at the lowest resolution that has attention outside the middle block
-(ds4 on all three families). ``middle-first`` is what ersatzForge and incantations perturb for PAG;
-``middle`` is what Forge's PAG, ComfyUI and pamparamm perturb by default.
+| Preset | SD1.5 / SD2 (16 attn1) | SDXL base (70) | SDXL refiner (44) |
+|---|---|---|---|
+| `middle` (default) | `middle.0` (1) | `middle.0-9` (10) | `middle.0-3` (4) |
+| `middle-first` | `middle.0` (1) | `middle.0` (1) | `middle.0` (1) |
+| `deep` | `input.7-8, output.3-5` (5) | `input.7-8, output.0-2` (50) | `input.7-8, output.3-5` (20) |
+| `deep-middle` | deep + middle (6) | deep + middle (60) | deep + middle (24) |
+| `outputs` | `output.3-11` (9) | `output.0-5` (36) | `output.3-8` (24) |
+| `all` | 16 | 70 | 44 |
+
+``deep`` = the layers outside the middle block at the lowest resolution that has attention there (ds4
+on all three families: 32×32 tokens at 1024² on SDXL). ``middle-first`` is what ersatzForge and
+incantations perturb for PAG (Forge key ``("middle", 0, 0)``); ``middle`` is what Forge's PAG, ComfyUI
+and pamparamm perturb by default (their 2-tuple ``("middle", 0)`` covers every middle transformer).
+ASAG always patches with explicit 3-tuple keys (:attr:`LayerRef.forge_key`).
 """
 
 from __future__ import annotations
@@ -546,9 +547,9 @@ def resolve(unet, spec: str) -> list[tuple[LayerRef, nn.Module]]:
     return [(ref, modules[ref]) for ref in resolve_refs(layout, spec)]
 
 
-def describe(refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]]) -> str:
+def describe(refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]], sep: str = ", ") -> str:
     """A compact canonical string for a selection, e.g. ``"input.7-8.0-9, middle.0-9"``; it parses back
-    to the same selection. ``"none"`` when empty."""
+    to the same selection. ``"none"`` when empty. ``sep="; "`` gives a form without commas (X/Y/Z)."""
     flat = sorted({r[0] if isinstance(r, tuple) else r for r in refs}, key=lambda r: r.sort_key)
     if not flat:
         return "none"
@@ -568,7 +569,7 @@ def describe(refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]]) -> str:
         head = "middle" if block == "middle" else f"{block}.{lo}" if lo == hi else f"{block}.{lo}-{hi}"
         for a, b in _runs(list(indices)):
             parts.append(f"{head}.{a}" if a == b else f"{head}.{a}-{b}")
-    return ", ".join(parts)
+    return sep.join(parts)
 
 
 def token_counts(unet, refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]], latent_h: int,

@@ -430,6 +430,7 @@ def test_describe(spec, family, text):
 def test_describe_accepts_resolve_output_and_empty(unets):
     assert describe(resolve(unets["sdxl"], "m0")) == "middle.0-9"
     assert describe([]) == "none"
+    assert describe(resolve_refs("sdxl", "input.7, middle"), sep="; ") == "input.7.0-9; middle.0-9"
     # non-adjacent blocks are never merged into a range (input.5-7 would mean something else)
     assert "input.5-7" not in describe(resolve_refs("sd15", "input.5, input.7"))
 

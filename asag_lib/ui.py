@@ -75,6 +75,18 @@ def build(elem_id: Callable[[str], str], title: str = "ASAG") -> BuiltUI:
     return BuiltUI(components, infotext_fields, paste_field_names)
 
 
+def render_params_table() -> str:
+    """The README's table of controls / API arguments, generated from the schema (a test keeps it in sync)."""
+    lines = ["| # | API name | Control | Default | Accepted | Infotext key | X/Y/Z axis | What it does |",
+             "|---|---|---|---|---|---|---|---|"]
+    for index, param in enumerate(params.PARAMS):
+        default = params.format_value(param, param.default) if param.kind is not bool else str(param.default).lower()
+        key = f"`{params.infotext_key(param)}`" if param.infotext else "(presence of `ASAG scale`)"
+        lines.append(f"| {index} | `{param.name}` | {param.label} | `{default}` | {param.accepted()} | {key} | "
+                     f"`{params.XYZ_PREFIX}{param.xyz}` | {param.hint} |")
+    return "\n".join(lines) + "\n"
+
+
 def hints_by_elem_suffix() -> dict[str, str]:
     """Hint text for each control, keyed by the elem_id suffix (the parameter name)."""
     return {param.name: param.hint for param in params.PARAMS}

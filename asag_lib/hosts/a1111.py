@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from asag_lib import guidance, layers
-from asag_lib.attention import ContextTransform, KernelOptions, make_attn1_forward, patched_forwards
+from asag_lib.attention import (
+    ContextTransform,
+    KernelOptions,
+    make_attn1_forward,
+    patched_forwards,
+    sinkhorn_self_attention,
+)
 from asag_lib.hosts.job import Job, get_job, report_error
 
 CALLBACK_NAME = "asag"
@@ -37,6 +43,9 @@ class _Step:
     conds_list: list[list[tuple[int, float]]]
     delta: Tensor | None = None
     cond_rows: Tensor | None = None
+    weak_rows: tuple[int, int] | None = None
+    """Batched mode: the weak rows [start, end) inserted into the main call, between cond and uncond."""
+    batched_ok: bool = True
 
 
 _current: list[_Step] = []
@@ -134,6 +143,124 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
 
 
 # ------------------------------------------------------------------------------------------------
+# batched weak pass: the weak rows ride in the main UNet call
+
+
+class _OneShotInnerModel:
+    """Stands in for the denoiser's inner model for exactly one call: it puts the real one back first,
+    then runs it with the selected attn1 modules patched for that call only (so no module keeps a patch
+    if anything fails). Attribute access falls through to the real inner model."""
+
+    def __init__(self, denoiser: Any, wrapped: Any, modules: Sequence[torch.nn.Module], forward: Any):
+        self.denoiser, self.wrapped, self.modules, self.forward = denoiser, wrapped, modules, forward
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def unwrap(self) -> None:
+        if self.denoiser.model_wrap is self:
+            self.denoiser.model_wrap = self.wrapped
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.unwrap()
+        with patched_forwards(self.modules, self.forward):
+            return self.wrapped(*args, **kwargs)
+
+
+def _unwrap_stale(denoiser: Any) -> None:
+    wrapper = getattr(denoiser, "model_wrap", None)
+    if isinstance(wrapper, _OneShotInnerModel):
+        wrapper.unwrap()
+
+
+def _tokens(cond: Any) -> int:
+    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[1]
+
+
+def _batching_blocker(step: _Step, target: _Target, unet: Any) -> str | None:
+    """Why the weak rows cannot safely join the main call (None when they can)."""
+    from modules import shared
+
+    params, denoiser = step.params, step.params.denoiser
+    p = denoiser.p
+    if not shared.opts.batch_cond_uncond:
+        return "'batch cond/uncond' is off"
+    if _tokens(params.text_cond) != _tokens(params.text_uncond):
+        return "prompt and negative prompt have different token lengths"
+    if getattr(shared.sd_model, "cond_stage_key", None) == "edit":
+        return "edit (instruct-pix2pix) models combine three fixed blocks"
+    if getattr(shared.sd_model.model, "conditioning_key", None) == "crossattn-adm":
+        return "unCLIP models are not batched"
+    if _unet_is_hooked(unet):
+        return "a UNet hook (ControlNet) caches per-batch tensors"
+    if any("forward" in vars(module) for module in target.modules):
+        return "another extension (e.g. Hypertile) wraps the selected layers"
+    merging = getattr(p, "get_token_merging_ratio", None)
+    if callable(merging) and merging(for_hr=bool(getattr(p, "is_hr_pass", False))):
+        return "token merging (ToMe) changes the self-attention tokens"
+    if not hasattr(denoiser, "model_wrap"):
+        return "this sampler has no replaceable inner model"
+    return None
+
+
+def _use_batched(step: _Step, target: _Target, unet: Any) -> bool:
+    mode = step.job.settings.weak_pass
+    if mode == "separate":
+        return False
+    blocker = _batching_blocker(step, target, unet)
+    if mode == "batched":
+        if blocker:
+            step.job.say_once(f"weak pass runs as a separate call: {blocker}")
+        return blocker is None
+    # auto: batching saves time where the device has parallelism to spare, i.e. on a GPU
+    return blocker is None and step.params.x.device.type == "cuda"
+
+
+def _insert_rows(value: Any, n: int) -> Any:
+    """[a | rest] -> [a | a | rest] where a is the first n rows (tensor or SDXL dict)."""
+    if isinstance(value, dict):
+        return {key: _insert_rows(tensor, n) for key, tensor in value.items()}
+    return torch.cat([value[:n], value[:n], value[n:]])
+
+
+def _make_row_selective_forward(step: _Step, options: KernelOptions, transform: ContextTransform | None) -> Any:
+    """attn1 forward for the batched call: rows in step.weak_rows get the Sinkhorn plan, the others the
+    module's own forward (the one it would run without ASAG)."""
+    start, end = step.weak_rows
+    # the whole batch, or without its uncond rows on steps where the host skips them (NGMS, skip early CFG)
+    totals = {step.params.x.shape[0], step.params.x.shape[0] - len(step.conds_list)}
+
+    def asag_attn1_forward(self: torch.nn.Module, x: Tensor, context: Tensor | None = None,
+                           mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+        original = type(self).forward.__get__(self)
+        if x.shape[0] not in totals or (context is not None and context.shape[0] != x.shape[0]):
+            step.batched_ok = False  # something regrouped the batch: no guidance this step
+            return original(x, context, mask, **kwargs)
+        keep = torch.cat([x[:start], x[end:]])
+        keep_context = None if context is None else torch.cat([context[:start], context[end:]])
+        normal = original(keep, keep_context, mask, **kwargs)
+        weak = sinkhorn_self_attention(self, x[start:end], None if context is None else context[start:end],
+                                       options, transform)
+        return torch.cat([normal[:start], weak.to(normal.dtype), normal[start:]])
+
+    return asag_attn1_forward
+
+
+def _batch_weak_rows(step: _Step, target: _Target) -> None:
+    """Insert copies of the cond rows before the uncond rows and arm the one-shot patched inner model."""
+    params = step.params
+    n_cond = params.text_cond["crossattn"].shape[0] if isinstance(params.text_cond, dict) else params.text_cond.shape[0]
+    params.x = _insert_rows(params.x, n_cond)
+    params.sigma = _insert_rows(params.sigma, n_cond)
+    params.image_cond = _insert_rows(params.image_cond, n_cond)
+    params.text_cond = _insert_rows(params.text_cond, n_cond)
+    step.weak_rows = (n_cond, 2 * n_cond)
+    denoiser = params.denoiser
+    forward = _make_row_selective_forward(step, KernelOptions.from_settings(step.job.settings), _context_transform())
+    denoiser.model_wrap = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
+
+
+# ------------------------------------------------------------------------------------------------
 # callbacks
 
 
@@ -154,6 +281,7 @@ def _context_transform() -> ContextTransform | None:
 def on_cfg_denoiser(params: Any) -> None:
     _current.clear()
     denoiser = getattr(params, "denoiser", None)
+    _unwrap_stale(denoiser)
     job = get_job(getattr(denoiser, "p", None))
     if job is None or not job.state.get("pass_active") or job.state.get("failed"):
         return
@@ -163,7 +291,12 @@ def on_cfg_denoiser(params: Any) -> None:
     from modules import prompt_parser
 
     conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"], denoiser.step)
-    _current.append(_Step(job, params, [list(entries) for entries in conds_list]))
+    step = _Step(job, params, [list(entries) for entries in conds_list])
+    _current.append(step)
+    unet = _diffusion_model()
+    target = _resolve(job, unet)
+    if target is not None and _use_batched(step, target, unet):
+        _batch_weak_rows(step, target)
 
 
 def _rows(cond: Any, index: Tensor) -> Any:
@@ -248,6 +381,15 @@ def on_cfg_denoised(params: Any) -> None:
         job.say_once(f"model changed during sampling (refiner): now {len(target.refs)} layer(s) "
                      f"{layers.describe(target.refs)}")
     job.state["announced_unet"] = target.unet_id
+    if step.weak_rows is not None:
+        start, end = step.weak_rows
+        if not step.batched_ok:
+            job.say_once("the batched weak pass saw a regrouped batch; no guidance on those steps")
+            _current.clear()
+            return
+        step.delta = params.x[:start] - params.x[start:end]
+        step.cond_rows = params.x[:start] if job.settings.rescale else None
+        return
     try:
         weak = _weak_prediction(step, params.inner_model, target)
     except Exception as exc:  # a failing weak pass must never break the host's sampling

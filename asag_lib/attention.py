@@ -84,6 +84,34 @@ def make_attn1_forward(options: KernelOptions, context_transform: ContextTransfo
     return asag_attn1_forward
 
 
+def make_row_selective_forward(weak: slice, batch_sizes: set[int], options: KernelOptions,
+                               context_transform: ContextTransform | None = None,
+                               on_regrouped: Callable[[], None] | None = None) -> Callable:
+    """attn1 forward for a batch that carries the weak rows inside the main call: rows in `weak` get the
+    Sinkhorn plan, the others the module's class-level forward (what they would run without ASAG).
+
+    A batch whose size is not in `batch_sizes` (something regrouped it) runs unchanged and calls
+    `on_regrouped`, so the caller can drop that step's guidance.
+    """
+
+    def asag_attn1_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                           **kwargs: Any) -> Tensor:
+        original = type(self).forward.__get__(self)
+        if x.shape[0] not in batch_sizes or (context is not None and context.shape[0] != x.shape[0]):
+            if on_regrouped is not None:
+                on_regrouped()
+            return original(x, context, mask, **kwargs)
+        start, stop = weak.start, weak.stop
+        keep = torch.cat([x[:start], x[stop:]])
+        keep_context = None if context is None else torch.cat([context[:start], context[stop:]])
+        normal = original(keep, keep_context, mask, **kwargs)
+        perturbed = sinkhorn_self_attention(self, x[start:stop], None if context is None else context[start:stop],
+                                            options, context_transform)
+        return torch.cat([normal[:start], perturbed.to(normal.dtype), normal[start:]])
+
+    return asag_attn1_forward
+
+
 @contextlib.contextmanager
 def patched_forwards(modules: Sequence[nn.Module], forward: Callable) -> Iterator[None]:
     """Bind `forward` as the instance attribute of each module for the duration of the block.

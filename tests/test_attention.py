@@ -122,3 +122,22 @@ def test_options_from_settings():
 
     s = params.from_mapping({"iterations": 5, "tolerance": 0.01, "plan": "raw"})
     assert KernelOptions.from_settings(s) == KernelOptions(iterations=5, tol=0.01, rescale=False)
+
+
+def test_row_selective_forward_perturbs_only_the_weak_rows(sdxl):
+    from asag_lib.attention import make_row_selective_forward
+
+    module = _attn1(sdxl)[0]
+    x = torch.randn(5, 12, module.to_q.in_features, generator=torch.Generator().manual_seed(3))
+    regrouped = []
+    forward = make_row_selective_forward(slice(2, 4), {5, 4}, OPTIONS, on_regrouped=lambda: regrouped.append(1))
+    with torch.no_grad():
+        out = forward(module, x)
+        plain = module(x)
+        sinkhorn = make_attn1_forward(OPTIONS)(module, x[2:4])
+        torch.testing.assert_close(out[[0, 1, 4]], plain[[0, 1, 4]])
+        torch.testing.assert_close(out[2:4], sinkhorn)
+        assert not regrouped
+        odd = forward(module, x[:3])  # a regrouped batch runs unchanged and is reported
+    torch.testing.assert_close(odd, plain[:3])
+    assert regrouped == [1]

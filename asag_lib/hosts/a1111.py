@@ -26,8 +26,8 @@ from asag_lib.attention import (
     ContextTransform,
     KernelOptions,
     make_attn1_forward,
+    make_row_selective_forward,
     patched_forwards,
-    sinkhorn_self_attention,
 )
 from asag_lib.hosts.job import Job, get_job, report_error
 
@@ -223,29 +223,6 @@ def _insert_rows(value: Any, n: int) -> Any:
     return torch.cat([value[:n], value[:n], value[n:]])
 
 
-def _make_row_selective_forward(step: _Step, options: KernelOptions, transform: ContextTransform | None) -> Any:
-    """attn1 forward for the batched call: rows in step.weak_rows get the Sinkhorn plan, the others the
-    module's own forward (the one it would run without ASAG)."""
-    start, end = step.weak_rows
-    # the whole batch, or without its uncond rows on steps where the host skips them (NGMS, skip early CFG)
-    totals = {step.params.x.shape[0], step.params.x.shape[0] - len(step.conds_list)}
-
-    def asag_attn1_forward(self: torch.nn.Module, x: Tensor, context: Tensor | None = None,
-                           mask: Tensor | None = None, **kwargs: Any) -> Tensor:
-        original = type(self).forward.__get__(self)
-        if x.shape[0] not in totals or (context is not None and context.shape[0] != x.shape[0]):
-            step.batched_ok = False  # something regrouped the batch: no guidance this step
-            return original(x, context, mask, **kwargs)
-        keep = torch.cat([x[:start], x[end:]])
-        keep_context = None if context is None else torch.cat([context[:start], context[end:]])
-        normal = original(keep, keep_context, mask, **kwargs)
-        weak = sinkhorn_self_attention(self, x[start:end], None if context is None else context[start:end],
-                                       options, transform)
-        return torch.cat([normal[:start], weak.to(normal.dtype), normal[start:]])
-
-    return asag_attn1_forward
-
-
 def _batch_weak_rows(step: _Step, target: _Target) -> None:
     """Insert copies of the cond rows before the uncond rows and arm the one-shot patched inner model."""
     params = step.params
@@ -256,7 +233,14 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
     params.text_cond = _insert_rows(params.text_cond, n_cond)
     step.weak_rows = (n_cond, 2 * n_cond)
     denoiser = params.denoiser
-    forward = _make_row_selective_forward(step, KernelOptions.from_settings(step.job.settings), _context_transform())
+    # the whole batch, or without its uncond rows on steps where the host skips them (NGMS, skip early CFG)
+    sizes = {params.x.shape[0], params.x.shape[0] - len(step.conds_list)}
+
+    def regrouped() -> None:
+        step.batched_ok = False
+
+    forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes,
+                                         KernelOptions.from_settings(step.job.settings), _context_transform(), regrouped)
     denoiser.model_wrap = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
 
 

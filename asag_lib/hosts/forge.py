@@ -296,4 +296,4 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
 
     job.say_once(f"{flavour_name} backend; {len(selected)} attn1 layer(s): {layers.describe(selected)}.")
     job.say_once(f"{pass_name} pass: " + _tokens_line(tokens, h, w)
-                 + f"; about {need / 2**20:.0f} MiB reserved for the Sinkhorn kernel.")
+                 + f"; about {need / 2**20:.1f} MiB reserved for the Sinkhorn kernel.")

@@ -119,11 +119,15 @@ def carries_ours(unet: Any) -> bool:
     return any(is_ours(fn) for fn in options.get("sampler_post_cfg_function", []))
 
 
-def _drop_ours(model_options: dict) -> None:
-    """Remove our post-CFG function from a clone's (deep-copied) model_options, in place."""
-    fns = model_options.get("sampler_post_cfg_function")
-    if fns:
-        model_options["sampler_post_cfg_function"] = [fn for fn in fns if not is_ours(fn)]
+def _drop_ours(unet: Any) -> None:
+    """Remove our post-CFG function (and the memory it reserved) from a fresh clone, in place."""
+    fns = unet.model_options.get("sampler_post_cfg_function")
+    if not fns:
+        return
+    reserved = sum(getattr(fn, "asag_reserved", 0) for fn in fns if is_ours(fn))
+    unet.model_options["sampler_post_cfg_function"] = [fn for fn in fns if not is_ours(fn)]
+    if reserved and hasattr(unet, "extra_preserved_memory_during_sampling"):
+        unet.extra_preserved_memory_during_sampling -= reserved
 
 
 def memory_estimate(selected: list, tokens: Mapping, batch: int) -> int:
@@ -215,7 +219,7 @@ def _hand_back_without_ours(p: Any, unet: Any) -> None:
     still holds the base pass's UNet): clone it without our function and hand that back."""
     if carries_ours(unet):
         clean = unet.clone()
-        _drop_ours(clean.model_options)
+        _drop_ours(clean)
         p.sd_model.forge_objects.unet = clean
 
 
@@ -283,7 +287,7 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
     )
 
     patched = unet.clone()
-    _drop_ours(patched.model_options)  # never stack: the first hires call may see the base pass's UNet
+    _drop_ours(patched)  # never stack: the first hires call may see the base pass's UNet
     patched.set_model_sampler_post_cfg_function(post_cfg)
 
     batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
@@ -292,6 +296,7 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
     need = memory_estimate(selected, tokens, batch)
     if callable(preserve):
         preserve(need)
+        post_cfg.asag_reserved = need
     p.sd_model.forge_objects.unet = patched
 
     job.say_once(f"{flavour_name} backend; {len(selected)} attn1 layer(s): {layers.describe(selected)}.")

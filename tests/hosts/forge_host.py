@@ -84,6 +84,8 @@ class Call:
     uncond_none: bool
     attn1: list = field(default_factory=list)
     """(3-tuple key, replacement fn or None) per attn1 evaluation."""
+    x_shape: tuple = ()
+    sigma: float = 0.0
 
     @property
     def weak(self) -> bool:
@@ -180,7 +182,8 @@ class ForgeHost:
         host = self
 
         def recording_calc(model, cond, uncond, x_in, timestep, model_options):
-            call = Call(model_options=model_options, cond=cond, uncond_none=uncond is None)
+            call = Call(model_options=model_options, cond=cond, uncond_none=uncond is None,
+                        x_shape=tuple(x_in.shape), sigma=float(timestep.reshape(-1)[0]))
             unet = model.diffusion_model
             previous = getattr(unet, "attn1_log", None)
             if hasattr(unet, "attn1_log"):
@@ -237,7 +240,7 @@ class ForgeHost:
         return engine
 
     # --- generation
-    def txt2img(self, engine, script_args, *, steps=3, cfg=5.0, batch=1, height=64, width=64, seed=0,
+    def txt2img(self, engine, script_args, *, steps=2, cfg=5.0, batch=1, height=64, width=64, seed=0,
                 hires=False, hr_scale=2.0, hr_steps=2, denoising=0.5, patchers=()) -> Result:
         """One job. `patchers` are callables fn(p) run in process_before_every_sampling before ASAG, as
         other extensions' scripts (ControlNet, reference-only)."""

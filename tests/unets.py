@@ -50,7 +50,9 @@ What is faithful
 What is scaled down
 -------------------
 * Widths: ``model_channels`` defaults to 32 (real: 320 / 320 / 320 / 384), so the levels have
-  32/64/128(/128) channels. GroupNorm uses ``gcd(32, channels)`` groups (32 with the defaults).
+  32/64/128(/128) channels. GroupNorm uses 32 groups as the real models (``model_channels`` < 32:
+  ``model_channels // 2`` groups, so every group keeps >= 2 channels). ``model_channels`` must be a
+  multiple of 8 (heads of 8 channels; sd15's 8 fixed heads).
 * Heads: sd15 keeps the real fixed 8 heads (dim_head 4/8/16 at 32/64/128 channels); sd2, sdxl and the
   refiner use ``num_head_channels = 8`` (real: 64), i.e. 4/8/16 heads at 32/64/128 channels.
 * Time embedding: ``4 * model_channels`` as in the real models.
@@ -86,12 +88,9 @@ ATTN1_COUNTS = {"sd15": 16, "sd2": 16, "sdxl": 70, "sdxl-refiner": 44}
 # helpers
 
 
-def _groups(channels: int) -> int:
-    return math.gcd(32, channels)
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(_groups(channels), channels, eps=1e-6)
+def _norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with ``gcd(groups, channels)`` groups (the real models: 32)."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -270,12 +269,12 @@ class SpatialTransformer(nn.Module):
     """Norm, project in, ``depth`` transformer blocks over the ``h*w`` tokens, project out, residual."""
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int, context_dim: int,
-                 use_linear: bool, block_cls: type[nn.Module]):
+                 use_linear: bool, block_cls: type[nn.Module], norm_groups: int = 32):
         super().__init__()
         inner_dim = n_heads * d_head
         self.in_channels = in_channels
         self.use_linear = use_linear
-        self.norm = _norm(in_channels)
+        self.norm = _norm(in_channels, norm_groups)
         if use_linear:
             self.proj_in = nn.Linear(in_channels, inner_dim)
             self.proj_out = nn.Linear(inner_dim, in_channels)
@@ -328,14 +327,15 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
 
 
 class ResBlock(TimestepBlock):
-    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 norm_groups: int = 32):
         super().__init__()
         out_channels = out_channels or channels
         self.channels, self.out_channels = channels, out_channels
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            _norm(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            _norm(out_channels, norm_groups), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         )
         self.skip_connection = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -422,9 +422,14 @@ class UNetModel(nn.Module):
                 n_heads, d_head = head_val, ch // head_val
             else:
                 n_heads, d_head = ch // head_val, head_val
-            return SpatialTransformer(ch, n_heads, d_head, depth, self.context_dim, cfg["linear"], block_cls)
+            return SpatialTransformer(ch, n_heads, d_head, depth, self.context_dim, cfg["linear"], block_cls,
+                                      norm_groups=ng)
 
         ted = model_channels * 4
+        # 32 groups as the real models; narrower test widths keep >= 2 channels per group so a 1x1
+        # bottom level (8x8 latent, ds8) still normalises
+        ng = 32 if model_channels >= 32 else max(1, model_channels // 2)
+        self.norm_groups = ng
         self.time_embed = nn.Sequential(nn.Linear(model_channels, ted), nn.SiLU(), nn.Linear(ted, ted))
         if self.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
@@ -438,7 +443,7 @@ class UNetModel(nn.Module):
         ch, ds = model_channels, 1
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, ted, mult * model_channels)]
+                layers: list[nn.Module] = [ResBlock(ch, ted, mult * model_channels, norm_groups=ng)]
                 ch = mult * model_channels
                 if ds in self.attention_resolutions:
                     layers.append(transformer(ch, self.transformer_depth[level]))
@@ -450,14 +455,16 @@ class UNetModel(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, ted), transformer(ch, self.transformer_depth_middle), ResBlock(ch, ted)
+            ResBlock(ch, ted, norm_groups=ng),
+            transformer(ch, self.transformer_depth_middle),
+            ResBlock(ch, ted, norm_groups=ng),
         )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(self.channel_mult))[::-1]:
             for i in range(self.num_res_blocks + 1):
                 skip = chans.pop()
-                layers = [ResBlock(ch + skip, ted, model_channels * mult)]
+                layers = [ResBlock(ch + skip, ted, model_channels * mult, norm_groups=ng)]
                 ch = model_channels * mult
                 if ds in self.attention_resolutions:
                     layers.append(transformer(ch, self.transformer_depth[level]))
@@ -466,7 +473,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch, ng), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
 
     def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
         b = x.shape[0]

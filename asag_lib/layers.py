@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from torch import nn
 
 __all__ = [
+    "ACCEPTED_FORMS",
     "DEFAULT_PRESET",
     "FAMILY_LAYOUTS",
     "PRESETS",
@@ -348,7 +349,6 @@ def _preset_refs(name: str, layout: Layout) -> list[LayerRef]:
 # --------------------------------------------------------------------------------------------------
 # parsing
 
-_SECTIONS = ("input", "middle", "output")
 _KEYWORDS = frozenset(PRESETS) | {"input", "output"}
 
 ACCEPTED_FORMS = (

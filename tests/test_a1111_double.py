@@ -239,3 +239,42 @@ def test_xyz_cells_share_extra_generation_params(host):
     assert len(res.cell_results) == 2
     assert "Probe cell: on" in res.cell_results[1].infotexts[0]  # stale key from cell 1 leaks into cell 2
     assert len(set(seen)) == 1
+
+
+def test_controlnet_marks_conds_and_reference_cache_needs_same_batch(host):
+    cn = host.controlnet
+    shapes = []
+    host.probe.HOOKS["denoiser"] = lambda params: shapes.append(tuple(params.text_cond.shape))
+    plain = cn.ControlUnit("plain", cfg_injection=True)
+    res = host.txt2img(steps=2, controlnet=[plain])
+    assert shapes[0] == (1, 78, 768)  # one marker token row more
+    hook = res.p.controlnet_hook if hasattr(res.p, "controlnet_hook") else None
+    assert hook is None  # restored in postprocess
+    assert "forward" not in host.unet.__dict__
+
+    ref = cn.ControlUnit("reference")
+    calls = []
+    last = {}
+
+    def keep(params):
+        last["p"] = params  # CFGDenoisedParams has no sigma/text_cond: keep the denoiser params
+
+    def extra_call(params):
+        # an extension's extra UNet call on the cond rows only (batch 1 instead of the first call's 2)
+        if not calls:
+            calls.append(1)
+            d = last["p"]
+            params.inner_model(d.x[:1], d.sigma[:1], cond={"c_crossattn": [d.text_cond[:1]],
+                                                           "c_concat": [d.image_cond[:1]]})
+
+    host.probe.HOOKS["denoised"] = None
+    host.probe.HOOKS["denoiser"] = None
+    res = host.txt2img(steps=2, controlnet=[ref])
+    assert ref.write_passes == 2 and ref.used_hint_cond_latent.shape[0] == 2
+    ref2 = cn.ControlUnit("reference")
+    host.probe.HOOKS["denoiser"] = keep
+    host.probe.HOOKS["denoised"] = extra_call
+    n = len(host.errors)
+    host.txt2img(steps=2, controlnet=[ref2])
+    assert calls and isinstance(host.errors[n][1], RuntimeError)  # reported by the callback caller
+    assert "Sizes of tensors must match" in str(host.errors[n][1])

@@ -34,6 +34,9 @@ API summary (all keyword arguments):
   of the X/Y/Z double with ``cell_results``.
 * ``paste(infotext, tab="txt2img")`` -> ``{elem_id or label: value}`` for each of the extension's
   components the paste button would change; ``paste_updates`` gives the raw update dicts.
+* ``controlnet=[ControlUnit(...)]`` on a job turns the ControlNet double on for that job
+  (``host.controlnet`` is the ``controlnet_double`` module: ``ControlUnit(kind="plain"|"reference",
+  weight, hint, cfg_injection)``; the job's hook is ``processed.p.controlnet_hook`` until postprocess).
 * ``set_model(family)``; checkpoints "sd15", "sd2", "sdxl", "sdxl-refiner" are registered.
 * ``without_extension()``: context manager removing the extension's Script instances and callbacks.
 * ``reload_ui()``: the UI-reload path (``script_unloaded`` callbacks, then ``load_scripts`` again).
@@ -105,6 +108,7 @@ class A1111Host:
             sd_models.register_checkpoint(fam, fam, seed=0, model_channels=model_channels)
         self.set_model(family)
         self._build()
+        self.controlnet = importlib.import_module("controlnet_double")
 
     # -- start-up -----------------------------------------------------------------------------------
     def _extension_files(self):
@@ -113,6 +117,8 @@ class A1111Host:
         if self.extension_script is not None:
             files.append(scripts.ScriptFile(os.path.dirname(os.path.dirname(self.extension_script)),
                                             os.path.basename(self.extension_script), self.extension_script))
+        cn = os.path.join(WEBUI_ROOT, "extensions", "sd-webui-controlnet", "scripts", "controlnet.py")
+        files.append(scripts.ScriptFile(os.path.dirname(os.path.dirname(cn)), os.path.basename(cn), cn))
         for path in self.extra_scripts:
             files.append(scripts.ScriptFile(os.path.dirname(os.path.dirname(path)), os.path.basename(path), path))
         return files

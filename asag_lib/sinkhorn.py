@@ -138,130 +138,269 @@ def _validate(q, k, v, iterations, tol, scale, memory_budget_bytes) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# engines: one biased log-sum-exp primitive per path, over a group of flattened (batch·head) slices
+# engines
 #
-# row_pass(g, vx) -> (lse_rows (G, n_q), out (G, n_q, dx) | None): LSE_j(−S_ij + g_j), and if vx is given
-#                    Σ_j softmax_j(−S_ij + g_j) vx_j.
-# col_pass(f)     -> lse_cols (G, n_k): LSE_i(−S_ij + f_i).
+# Internally every log is base 2 (exp2 is exact to an ulp and several times faster than exp on CPU): the
+# scores are S2 = q2 · kᵀ with q2 = −scale · log2(e) · q, the potentials f2 = f · log2(e), g2 = g · log2(e).
+# An engine works on a group of G flattened (batch · head) slices and offers, for the heads `sel` (an index
+# tensor into the group, or None for all of them; g2, f2 and vx are already restricted to `sel`):
+#
+# row_pass(g2, sel, want_col, vx) -> (lse (Gs, n_q), col (Gs, n_k) | None, out (Gs, n_q, dx) | None)
+#     lse_i = LSE2_j(S2_ij + g2_j); with e_ij = 2^(S2_ij + g2_j − lse_i) the row-normalised plan,
+#     col_j = Σ_i e_ij (engines with fused_cols only) and out_i = Σ_j e_ij vx_j.
+# col_pass(f2, sel) -> lse (Gs, n_k), LSE2_i(S2_ij + f2_i): the exact column step.
+#
+# The column sums of the row-normalised plan give the next column step for free:
+#     g2_j ← log2 b − LSE2_i(S2_ij + f2_i) = g2_j + log2 b − log2 a − log2 col_j,   f2_i = log2 a − lse_i,
+# so one pass over the scores per iteration suffices. The driver falls back to col_pass for a head whose
+# col_j would be too small to be accurate (a column almost empty in every row: only with extreme logits).
+
+_LN2 = math.log(2.0)
+_LOG2E = 1.0 / _LN2
+
+#: Streaming blocks of scores are sized to stay cache-resident (and within the memory budget).
+_BLOCK_BYTES = 4 * 2**20
+
+#: The dense path keeps a head's n_q × n_k scores; auto-selected while one head's scores are this small.
+_DENSE_MAX_HEAD_BYTES = 8 * 2**20
 
 
-class _ChunkedEngine:
-    """Recomputes −S in blocks of rows (columns) so that one block stays within the budget."""
+class _ScoreEngine:
+    """Pure torch. keep_scores=False ("chunked"): recompute scores by blocks of rows in every pass, O(block)
+    extra memory. keep_scores=True ("dense"): compute the group's scores once and reuse them."""
 
-    def __init__(self, q: Tensor, k: Tensor, scale: float, budget: int):
-        self.qs = q * (-scale)  # (G, n_q, d)
-        self.k = k
-        g, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
-        per_row = g * max(n_q, n_k) * q.element_size() * 3  # scores, exp and one temporary
-        self.rows = max(1, budget // per_row)
+    fused_cols = True
 
-    def row_pass(self, g: Tensor, vx: Tensor | None):
-        n_q = self.qs.shape[1]
-        lse = self.qs.new_empty(self.qs.shape[:2])
-        out = None if vx is None else self.qs.new_empty((*self.qs.shape[:2], vx.shape[-1]))
-        kt = self.k.transpose(1, 2)
-        for r0 in range(0, n_q, self.rows):
-            r1 = min(n_q, r0 + self.rows)
-            s = torch.baddbmm(g.unsqueeze(1), self.qs[:, r0:r1], kt)
-            part = torch.logsumexp(s, dim=-1)
-            lse[:, r0:r1] = part
+    def __init__(self, q2: Tensor, k: Tensor, block_bytes: int, keep_scores: bool):
+        self.q2, self.k = q2, k
+        self.s2 = torch.bmm(q2, k.transpose(1, 2)) if keep_scores else None
+        self.block_bytes = block_bytes
+
+    def _rows_per_block(self, heads: int, width: int, esize: int) -> int:
+        return max(1, self.block_bytes // (heads * width * esize))
+
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+        q2 = self.q2 if sel is None else self.q2[sel]
+        kt = (self.k if sel is None else self.k[sel]).transpose(1, 2)
+        G, n_q = q2.shape[:2]
+        n_k = kt.shape[2]
+        lse = q2.new_empty(G, n_q)
+        col = q2.new_zeros(G, 1, n_k) if want_col else None
+        out = q2.new_empty(G, n_q, vx.shape[2]) if vx is not None else None
+        bias = g2.unsqueeze(1)
+        rows = self._rows_per_block(G, n_k, q2.element_size())
+        for r0 in range(0, n_q, rows):
+            r1 = min(n_q, r0 + rows)
+            if self.s2 is None:
+                s = torch.baddbmm(bias, q2[:, r0:r1], kt)
+            else:
+                s = (self.s2[:, r0:r1] if sel is None else self.s2[sel, r0:r1]) + bias
+            m = s.amax(dim=-1, keepdim=True)
+            s.sub_(m).exp2_()
+            z = s.sum(dim=-1, keepdim=True)
+            lse[:, r0:r1] = (m + z.log2()).squeeze(-1)
+            inv_z = z.reciprocal_()
+            if col is not None:
+                col.baddbmm_(inv_z.transpose(1, 2), s)
             if out is not None:
-                s.sub_(part.unsqueeze(-1)).exp_()
-                torch.bmm(s, vx, out=out[:, r0:r1])
-        return lse, out
+                torch.bmm(s, vx, out=out[:, r0:r1]).mul_(inv_z)
+        return lse, (None if col is None else col.squeeze(1)), out
 
-    def col_pass(self, f: Tensor) -> Tensor:
-        n_k = self.k.shape[1]
-        lse = self.k.new_empty(self.k.shape[:2])
-        qt = self.qs.transpose(1, 2)
-        for c0 in range(0, n_k, self.rows):
-            c1 = min(n_k, c0 + self.rows)
-            s = torch.baddbmm(f.unsqueeze(1), self.k[:, c0:c1], qt)
-            lse[:, c0:c1] = torch.logsumexp(s, dim=-1)
+    def col_pass(self, f2: Tensor, sel: Tensor | None) -> Tensor:
+        q2t = (self.q2 if sel is None else self.q2[sel]).transpose(1, 2)
+        k = self.k if sel is None else self.k[sel]
+        G, n_k = k.shape[:2]
+        n_q = q2t.shape[2]
+        lse = k.new_empty(G, n_k)
+        bias = f2.unsqueeze(1)
+        cols = self._rows_per_block(G, n_q, k.element_size())
+        for c0 in range(0, n_k, cols):
+            c1 = min(n_k, c0 + cols)
+            if self.s2 is None:
+                s = torch.baddbmm(bias, k[:, c0:c1], q2t)
+            else:
+                s = (self.s2[:, :, c0:c1] if sel is None else self.s2[sel, :, c0:c1]).transpose(1, 2) + bias
+            m = s.amax(dim=-1, keepdim=True)
+            lse[:, c0:c1] = (m + s.sub_(m).exp2_().sum(dim=-1, keepdim=True).log2()).squeeze(-1)
         return lse
 
 
-class _DenseEngine:
-    """Holds −S for the group's heads and reuses it in every half-iteration."""
+def _flash_cpu_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
+    return out, lse
 
-    def __init__(self, q: Tensor, k: Tensor, scale: float):
-        self.s = torch.bmm(q, k.transpose(1, 2)).mul_(-scale)  # (G, n_q, n_k)
 
-    def row_pass(self, g: Tensor, vx: Tensor | None):
-        t = self.s + g.unsqueeze(1)
-        lse = torch.logsumexp(t, dim=-1)
+def _efficient_cuda_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=1.0)[:2]
+    return out, lse[..., : q.shape[2]]  # the CUDA kernel pads the LSE to a multiple of 32 queries
+
+
+class _AttentionOpEngine:
+    """A fused attention op that also returns the log-sum-exp, O(N·D) memory, used for every half-step.
+
+    The bias rides as one more head dimension: q' = [−scale·q, 1], k' = [k, g] with scale 1 (natural logs,
+    converted at the boundary). Head dims are zero-padded to one common multiple of 8 so that q, k and v
+    agree, as the flash kernels require. The op cannot give column sums, so each column step is a pass of
+    its own (queries and keys swapped).
+    """
+
+    fused_cols = False
+
+    def __init__(self, q2: Tensor, k: Tensor, op):
+        self.qn = q2 * _LN2  # −scale · q
+        self.k = k
+        self.op = op
+
+    @staticmethod
+    def _pack(x: Tensor, extra: Tensor, width: int) -> Tensor:
+        """[x, extra, 0…] as (1, G, n, width)."""
+        G, n, d = x.shape
+        out = x.new_zeros(1, G, n, width)
+        out[0, :, :, :d] = x
+        out[0, :, :, d] = extra
+        return out
+
+    @staticmethod
+    def _width(*dims: int) -> int:
+        return -(-max(dims) // 8) * 8
+
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+        qn = self.qn if sel is None else self.qn[sel]
+        k = self.k if sel is None else self.k[sel]
+        d = qn.shape[2]
+        width = self._width(d + 1, vx.shape[2] if vx is not None else 0)
+        qp = self._pack(qn, qn.new_ones(()).expand(qn.shape[:2]), width)
+        kp = self._pack(k, g2 * _LN2, width)
         if vx is None:
-            return lse, None
-        t.sub_(lse.unsqueeze(-1)).exp_()
-        return lse, torch.bmm(t, vx)
+            _, lse = self.op(qp, kp, kp)  # the op wants a value tensor; its output is unused here
+            return lse[0] * _LOG2E, None, None
+        vp = vx.new_zeros(1, *vx.shape[:2], width)
+        vp[0, :, :, : vx.shape[2]] = vx
+        out, lse = self.op(qp, kp, vp)
+        return lse[0] * _LOG2E, None, out[0, :, :, : vx.shape[2]]
 
-    def col_pass(self, f: Tensor) -> Tensor:
-        return torch.logsumexp(self.s + f.unsqueeze(-1), dim=1)
+    def col_pass(self, f2: Tensor, sel: Tensor | None) -> Tensor:
+        qn = self.qn if sel is None else self.qn[sel]
+        k = self.k if sel is None else self.k[sel]
+        width = self._width(qn.shape[2] + 1)
+        kp = self._pack(k, k.new_ones(()).expand(k.shape[:2]), width)
+        qp = self._pack(qn, f2 * _LN2, width)
+        _, lse = self.op(kp, qp, qp)
+        return lse[0] * _LOG2E
 
 
 # --------------------------------------------------------------------------------------------------------
 # the Sinkhorn driver, shared by every path
 
 
-def _sinkhorn_group(engine, q: Tensor, k: Tensor, v: Tensor, iterations: int, tol: float,
-                    scale: float, want_stats: bool):
-    """Runs Sinkhorn on one group of G flattened heads. Returns (out (G, n_q, d_v), stats tuple | None).
+def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, tol: float, want_stats: bool):
+    """Runs Sinkhorn on one group of G flattened heads (base-2 units, see the engines' comment).
 
-    out is n_q · P · V. q: (G, n_q, d), k, v: (G, n_k, ·), all in the compute dtype.
+    Returns (n_q · P · V as (G, n_q, d_v), (row_entropy, marginal_error, iterations_used) or None).
     """
-    G, n_q, n_k = q.shape[0], q.shape[1], k.shape[1]
-    dt, dev = k.dtype, k.device
-    log_a, log_b = -math.log(n_q), -math.log(n_k)
-    f = torch.zeros(G, n_q, dtype=dt, device=dev)
-    g = torch.zeros(G, n_k, dtype=dt, device=dev)
+    G, n_q, n_k = q2.shape[0], q2.shape[1], k.shape[1]
+    dt, dev = q2.dtype, q2.device
+    la, lb = -math.log2(n_q), -math.log2(n_k)
+    tiny = 1e-30 if dt != torch.float64 else 1e-280
+    fused = engine.fused_cols
+    f2 = torch.zeros(G, n_q, dtype=dt, device=dev)
+    g2 = torch.zeros(G, n_k, dtype=dt, device=dev)
     frozen = torch.zeros(G, dtype=torch.bool, device=dev)
     used = torch.zeros(G, dtype=torch.int64, device=dev)
     err = torch.zeros(G, dtype=dt, device=dev)
-
-    lse_rows, _ = engine.row_pass(g, None)
     out = None
-    for it in range(iterations):
-        active = ~frozen
-        f = torch.where(active.unsqueeze(-1), log_a - lse_rows, f)
-        g = torch.where(active.unsqueeze(-1), log_b - engine.col_pass(f), g)
-        used += active.to(torch.int64)
-        last = it == iterations - 1
-        vx = _extended_v(v, k, g, want_stats) if last else None
-        new_lse, out = engine.row_pass(g, vx)
-        # frozen heads keep g, so their row LSE is unchanged; keep the old value bit for bit
-        lse_rows = torch.where(active.unsqueeze(-1), new_lse, lse_rows)
-        e = (f + lse_rows - log_a).exp_().sub_(1).abs_().amax(dim=-1)
-        err = torch.where(active, e, err)
-        frozen = frozen | (active & (err <= tol))
-        if bool(frozen.all()):
-            break
-    if out is None:  # stopped early: one more pass for the output
-        _, out = engine.row_pass(g, _extended_v(v, k, g, want_stats))
 
-    mass = (f + lse_rows - log_a).exp_()  # n_q · Σ_j P_ij
+    lse, col, _ = engine.row_pass(g2, None, fused, None)
+    for it in range(iterations):
+        act = (~frozen).nonzero().squeeze(1)
+        sel = None if act.numel() == G else act
+        take = (lambda x: x) if sel is None else (lambda x: x[sel])  # noqa: B023 (used in this iteration only)
+        f_new = la - take(lse)
+        if fused:
+            c = take(col)
+            g_new = take(g2) + (lb - la) - c.log2()
+            bad = ~(c.amin(dim=-1) >= tiny)  # also catches NaN
+            if bool(bad.any()):
+                sub = bad.nonzero().squeeze(1)
+                g_new[sub] = lb - engine.col_pass(f_new[sub], act[sub])
+        else:
+            g_new = lb - engine.col_pass(f_new, sel)
+        f2[act], g2[act] = f_new, g_new
+        used[act] += 1
+        last = it == iterations - 1
+        vx = _extended_v(take(v), take(k), g_new, want_stats) if last else None
+        lse_new, col_new, o = engine.row_pass(g_new, sel, fused and not last, vx)
+        lse[act] = lse_new
+        if col_new is not None:
+            col[act] = col_new
+        e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1)
+        err[act] = e
+        frozen[act] = e <= tol
+        if last:
+            out = o if sel is None else _scatter_rows(o, act, G)
+        elif bool(frozen.all()):
+            break
+    missing = (used < iterations).nonzero().squeeze(1)  # frozen before the last iteration: no output yet
+    if missing.numel():
+        sel = None if missing.numel() == G else missing
+        take = (lambda x: x) if sel is None else (lambda x: x[sel])
+        _, _, o = engine.row_pass(take(g2), sel, False, _extended_v(take(v), take(k), take(g2), want_stats))
+        if out is None:
+            out = o if sel is None else _scatter_rows(o, missing, G)
+        else:
+            out[missing] = o
+
+    mass = (f2 + lse - la).exp2_()  # n_q · Σ_j P_ij
     d_v = v.shape[-1]
     result = out[..., :d_v] * mass.unsqueeze(-1)
     if not want_stats:
         return result, None
-    # entropy of softmax_j(−S_ij + g_j) = lse_i − E_p[−scale q_i·k_j + g_j]
-    ek, eg = out[..., d_v:-1], out[..., -1]
-    expected_logit = (q * ek).sum(-1).mul_(-scale).add_(eg)
-    entropy = (lse_rows - expected_logit).mean(-1)
+    # entropy of the row-normalised plan: LSE_j(x_ij) − E_p[x_ij] with x = S2 + g2, converted to nats
+    expected = (q2 * out[..., d_v:-1]).sum(-1) + out[..., -1]
+    entropy = (lse - expected).mean(-1) * _LN2
     return result, (entropy, err, used)
 
 
-def _extended_v(v: Tensor, k: Tensor, g: Tensor, want_stats: bool) -> Tensor:
+def _scatter_rows(x: Tensor, index: Tensor, G: int) -> Tensor:
+    full = x.new_zeros(G, *x.shape[1:])
+    full[index] = x
+    return full
+
+
+def _extended_v(v: Tensor, k: Tensor, g2: Tensor, want_stats: bool) -> Tensor:
+    """V, or [V, k, g2] when stats are wanted: the same pass then gives E_p[k] and E_p[g2] for the entropy."""
     if not want_stats:
         return v
-    return torch.cat([v, k, g.unsqueeze(-1)], dim=-1)
+    return torch.cat([v, k, g2.unsqueeze(-1)], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------------
-# dispatcher
+# path choice (capability checks only) and dispatch
 
 
 def _flash_cpu_supported(dtype: torch.dtype, device: torch.device) -> bool:
-    return False
+    return (
+        device.type == "cpu"
+        and dtype in (torch.float32, torch.float64)
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+def _cuda_supported(dtype: torch.dtype, device: torch.device) -> bool:
+    return (
+        device.type == "cuda"
+        and dtype == torch.float32
+        and hasattr(torch.ops.aten, "_scaled_dot_product_efficient_attention")
+    )
+
+
+def _choose_path(device: torch.device, dtype: torch.dtype, n_q: int, n_k: int, budget: int) -> str:
+    if _cuda_supported(dtype, device):
+        return "cuda"
+    head_bytes = n_q * n_k * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cpu" and head_bytes <= min(_DENSE_MAX_HEAD_BYTES, budget // 2):
+        return "dense"
+    return "chunked"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -269,36 +408,39 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):
+    """`sinkhorn_attention` without validation; `path` None picks one, else one of PATHS (for tests)."""
     B, H, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget_bytes is None else memory_budget_bytes
     cdt = _compute_dtype(q.dtype)
-    qf = q.to(cdt).reshape(B * H, n_q, d)
-    kf = k.to(cdt).reshape(B * H, n_k, d)
-    vf = v.to(cdt).reshape(B * H, n_k, d_v)
     if path is None:
-        path = "chunked"
+        path = _choose_path(q.device, cdt, n_q, n_k, budget)
     if path not in PATHS:
         raise ValueError(f"sinkhorn_attention: path must be one of {PATHS}, got {path!r}")
+    q2 = q.reshape(B * H, n_q, d).to(cdt) * (-scale * _LOG2E)
+    kf = k.reshape(B * H, n_k, d).to(cdt)
+    vf = v.reshape(B * H, n_k, d_v).to(cdt)
 
-    esize = qf.element_size()
+    esize = q2.element_size()
+    block = max(1, min(_BLOCK_BYTES, budget // 2))
     if path == "dense":
-        per_head = 3 * n_q * n_k * esize
-        group = max(1, budget // per_head)
+        group = max(1, (budget // 2) // (n_q * n_k * esize))  # the kept scores take at most half the budget
+    elif path == "chunked":
+        group = max(1, block // (max(n_q, n_k) * esize))  # one row of scores per head fits a block
     else:
         group = B * H
-        per_head = 3 * max(n_q, n_k) * esize
-        group = max(1, min(group, budget // per_head))
 
     outs, stats = [], []
     for h0 in range(0, B * H, group):
         h1 = min(B * H, h0 + group)
-        if path == "dense":
-            engine = _DenseEngine(qf[h0:h1], kf[h0:h1], scale)
+        qg, kg, vg = q2[h0:h1], kf[h0:h1], vf[h0:h1]
+        if path in ("dense", "chunked"):
+            engine = _ScoreEngine(qg, kg, block, keep_scores=path == "dense")
         else:
-            engine = _ChunkedEngine(qf[h0:h1], kf[h0:h1], scale, budget)
-        o, st = _sinkhorn_group(engine, qf[h0:h1], kf[h0:h1], vf[h0:h1], iterations, tol, scale, return_stats)
+            engine = _AttentionOpEngine(qg, kg, _flash_cpu_op if path == "flash_cpu" else _efficient_cuda_op)
+        o, st = _sinkhorn_group(engine, qg, kg, vg, iterations, tol, return_stats)
+        del engine
         outs.append(o)
         stats.append(st)
     out = torch.cat(outs) if len(outs) > 1 else outs[0]

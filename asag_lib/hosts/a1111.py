@@ -146,25 +146,33 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
 # batched weak pass: the weak rows ride in the main UNet call
 
 
-class _OneShotInnerModel:
+class _OneShotInnerModel(torch.nn.Module):
     """Stands in for the denoiser's inner model for exactly one call: it puts the real one back first,
     then runs it with the selected attn1 modules patched for that call only (so no module keeps a patch
-    if anything fails). Attribute access falls through to the real inner model."""
+    if anything fails). An nn.Module because the host's CFGDenoiser registers `model_wrap` as a child
+    module; other attributes fall through to the real inner model."""
 
     def __init__(self, denoiser: Any, wrapped: Any, modules: Sequence[torch.nn.Module], forward: Any):
-        self.denoiser, self.wrapped, self.modules, self.forward = denoiser, wrapped, modules, forward
+        super().__init__()
+        # plain attributes, not registered children: the denoiser, the model and the layers stay theirs
+        object.__setattr__(self, "_asag", (denoiser, wrapped, tuple(modules), forward))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_asag")[1], name)
 
     def unwrap(self) -> None:
-        if self.denoiser.model_wrap is self:
-            self.denoiser.model_wrap = self.wrapped
+        denoiser, wrapped, _, _ = self._asag
+        if denoiser.model_wrap is self:
+            denoiser.model_wrap = wrapped
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        _, wrapped, modules, forward = self._asag
         self.unwrap()
-        with patched_forwards(self.modules, self.forward):
-            return self.wrapped(*args, **kwargs)
+        with patched_forwards(modules, forward):
+            return wrapped(*args, **kwargs)
 
 
 def _unwrap_stale(denoiser: Any) -> None:
@@ -175,6 +183,10 @@ def _unwrap_stale(denoiser: Any) -> None:
 
 def _tokens(cond: Any) -> int:
     return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[1]
+
+
+def _cond_rows(cond: Any) -> int:
+    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
 
 
 def _batching_blocker(step: _Step, target: _Target, unet: Any) -> str | None:
@@ -205,7 +217,7 @@ def _batching_blocker(step: _Step, target: _Target, unet: Any) -> str | None:
 
 def _use_batched(step: _Step, target: _Target, unet: Any) -> bool:
     mode = step.job.settings.weak_pass
-    if mode == "separate":
+    if mode == "separate" or step.job.state.get("no_batching"):
         return False
     blocker = _batching_blocker(step, target, unet)
     if mode == "batched":
@@ -226,22 +238,25 @@ def _insert_rows(value: Any, n: int) -> Any:
 def _batch_weak_rows(step: _Step, target: _Target) -> None:
     """Insert copies of the cond rows before the uncond rows and arm the one-shot patched inner model."""
     params = step.params
-    n_cond = params.text_cond["crossattn"].shape[0] if isinstance(params.text_cond, dict) else params.text_cond.shape[0]
-    params.x = _insert_rows(params.x, n_cond)
-    params.sigma = _insert_rows(params.sigma, n_cond)
-    params.image_cond = _insert_rows(params.image_cond, n_cond)
-    params.text_cond = _insert_rows(params.text_cond, n_cond)
-    step.weak_rows = (n_cond, 2 * n_cond)
-    denoiser = params.denoiser
+    n_cond = _cond_rows(params.text_cond)
+    rows = params.x.shape[0] + n_cond
     # the whole batch, or without its uncond rows on steps where the host skips them (NGMS, skip early CFG)
-    sizes = {params.x.shape[0], params.x.shape[0] - len(step.conds_list)}
+    sizes = {rows, rows - len(step.conds_list)}
 
     def regrouped() -> None:
         step.batched_ok = False
 
     forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes,
-                                         KernelOptions.from_settings(step.job.settings), _context_transform(), regrouped)
+                                         KernelOptions.from_settings(step.job.settings), _context_transform(),
+                                         regrouped)
+    denoiser = params.denoiser
+    # arm the wrapper before touching the batch, so a failure leaves the host's batch as it was
     denoiser.model_wrap = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
+    params.x = _insert_rows(params.x, n_cond)
+    params.sigma = _insert_rows(params.sigma, n_cond)
+    params.image_cond = _insert_rows(params.image_cond, n_cond)
+    params.text_cond = _insert_rows(params.text_cond, n_cond)
+    step.weak_rows = (n_cond, 2 * n_cond)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,7 +295,12 @@ def on_cfg_denoiser(params: Any) -> None:
     unet = _diffusion_model()
     target = _resolve(job, unet)
     if target is not None and _use_batched(step, target, unet):
-        _batch_weak_rows(step, target)
+        try:
+            _batch_weak_rows(step, target)
+        except Exception as exc:  # fall back to the separate call; the host's batch is untouched
+            _unwrap_stale(denoiser)
+            job.state["no_batching"] = True
+            job.say_once(f"batched weak pass unavailable ({type(exc).__name__}: {exc}); using a separate call")
 
 
 def _rows(cond: Any, index: Tensor) -> Any:
@@ -330,7 +350,7 @@ def _unet_is_hooked(unet: Any) -> bool:
 def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
     params = step.params
     text_cond = params.text_cond
-    n_cond = (text_cond["crossattn"] if isinstance(text_cond, dict) else text_cond).shape[0]
+    n_cond = _cond_rows(text_cond)
     n_images = len(step.conds_list)
     pad = _unet_is_hooked(_diffusion_model())
     forward = make_attn1_forward(KernelOptions.from_settings(step.job.settings), _context_transform())

@@ -358,3 +358,53 @@ def test_xyz_bad_value_is_rejected_before_the_grid(a1111_host, kernel_calls):
     with pytest.raises(ValueError, match=r"'iterations'.*from 1 to 20"):
         host.xyz("[ASAG] Iterations", "2, 50", base={"seed": 3, **FAST})
     assert kernel_calls == []
+
+
+# ------------------------------------------------------------------------------------------------
+# ControlNet and the refiner
+
+
+@pytest.fixture
+def controlnet_calls(a1111_host, monkeypatch):
+    """(batch size, cond_mark) of every UNet call the ControlNet hook saw, kept past its restore()."""
+    seen = []
+    hook_class = a1111_host.controlnet.UnetHook
+    real_restore = hook_class.restore
+
+    def restore(self):
+        seen.extend(self.calls)
+        return real_restore(self)
+
+    monkeypatch.setattr(hook_class, "restore", restore)
+    return seen
+
+
+def test_controlnet_reference_unit_keeps_working_with_a_padded_weak_batch(a1111_host, controlnet_calls, kernel_calls):
+    host = a1111_host
+    unit = host.controlnet.ControlUnit("reference")
+    guided = host.txt2img(seed=2, batch_size=2, controlnet=[unit], alwayson={"ASAG": ON}, **FAST)
+    assert "ASAG error" not in guided.infotexts[0] and kernel_calls
+    sizes = {size for size, _ in controlnet_calls}
+    assert sizes == {4}  # every call, weak ones included, has the main call's batch: 2 cond + 2 uncond
+    assert _no_patch_left(host)
+
+
+def test_controlnet_weak_call_uses_the_marked_cond_rows(a1111_host, controlnet_calls):
+    host = a1111_host
+    unit = host.controlnet.ControlUnit("plain", cfg_injection=True)
+    host.txt2img(seed=2, controlnet=[unit], alwayson={"ASAG": ON}, **FAST)
+    main = [marks for _, marks in controlnet_calls if marks == [1.0, 0.0]]
+    weak = [marks for _, marks in controlnet_calls if marks == [1.0, 1.0]]
+    assert len(main) == FAST["steps"] and len(weak) == FAST["steps"]
+
+
+def test_refiner_switch_re_resolves_the_layers(a1111_host, kernel_calls, capsys):
+    host = a1111_host
+    host.set_model("sdxl")
+    host.txt2img(seed=1, steps=4, width=128, height=128, refiner_checkpoint="sdxl-refiner", refiner_switch_at=0.5,
+                 alwayson={"ASAG": [True, 1.5, "middle"]})
+    base = [c for c in kernel_calls if c[2] == 16]     # SDXL middle: ds4 of a 16x16 latent
+    refiner = [c for c in kernel_calls if c[2] == 4]   # refiner middle: ds8
+    assert len(base) % 10 == 0 and base and len(refiner) % 4 == 0 and refiner
+    assert "model changed during sampling (refiner): now 4 layer(s)" in capsys.readouterr().out
+    assert _no_patch_left(host)

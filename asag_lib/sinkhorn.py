@@ -159,7 +159,10 @@ _LN2 = math.log(2.0)
 _LOG2E = 1.0 / _LN2
 
 #: Streaming blocks of scores are sized to stay cache-resident (and within the memory budget).
-_BLOCK_BYTES = 4 * 2**20
+_BLOCK_BYTES = 2 * 2**20
+
+#: Fewer rows per block than this make the score GEMM inefficient; the chunked path groups heads to match.
+_MIN_BLOCK_ROWS = 256
 
 #: The dense path keeps a head's n_q × n_k scores; auto-selected while one head's scores are this small.
 _DENSE_MAX_HEAD_BYTES = 8 * 2**20
@@ -427,7 +430,8 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
     if path == "dense":
         group = max(1, (budget // 2) // (n_q * n_k * esize))  # the kept scores take at most half the budget
     elif path == "chunked":
-        group = max(1, block // (max(n_q, n_k) * esize))  # one row of scores per head fits a block
+        # blocks of at least _MIN_BLOCK_ROWS rows per head keep the score GEMMs efficient
+        group = max(1, block // (_MIN_BLOCK_ROWS * max(n_q, n_k) * esize))
     else:
         group = B * H
 

@@ -1,0 +1,165 @@
+"""Benchmark of the ASAG kernel against torch SDPA and a straightforward dense Sinkhorn (not a test).
+
+    python bench/kernel.py            # the table of bench/RESULTS.md (a few minutes on 2 cores)
+    python bench/kernel.py --quick    # smoke run, small shapes
+
+Time: median of several runs, the implementations interleaved round by round so that a change of machine
+load hits them alike. Memory: each (case, implementation) runs once more in a fresh subprocess, which
+resets the kernel's peak-RSS counter (/proc/self/clear_refs) after creating its inputs and warming up
+on a small shape; peak extra = peak RSS during the call − RSS before it (Linux only; "n/a" elsewhere).
+Sinkhorn runs use 2 iterations and tol=0 (no early stop), fp32, logits of std ≈ 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from asag_lib.sinkhorn import sinkhorn_attention
+
+ITERATIONS = 2
+
+# name, (B, H, N, D), implementations, timing runs
+FULL = [
+    ("SDXL mid 1024²", (2, 20, 1024, 64), ("sdpa", "dense", "ours"), 7),
+    ("N=4096", (2, 10, 4096, 64), ("sdpa", "dense", "ours"), 3),
+    ("N=16384", (1, 10, 16384, 64), ("sdpa", "ours"), 2),
+]
+QUICK = [
+    ("N=1024 small", (1, 4, 1024, 64), ("sdpa", "dense", "ours"), 3),
+    ("N=2048 small", (1, 2, 2048, 64), ("sdpa", "dense", "ours"), 2),
+]
+
+
+def dense_sinkhorn(q, k, v, iterations=ITERATIONS):
+    """What a first implementation does: the whole log-domain plan for every head at once."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    log_k = -(q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    f = torch.zeros(*q.shape[:3], 1, dtype=q.dtype)
+    g = torch.zeros(*k.shape[:2], 1, n_k, dtype=q.dtype)
+    for _ in range(iterations):
+        f = -math.log(n_q) - torch.logsumexp(log_k + g, dim=-1, keepdim=True)
+        g = -math.log(n_k) - torch.logsumexp(log_k + f, dim=-2, keepdim=True)
+    return n_q * torch.exp(f + log_k + g) @ v
+
+
+def implementation(name):
+    if name == "sdpa":
+        return F.scaled_dot_product_attention
+    if name == "dense":
+        return dense_sinkhorn
+    return lambda q, k, v: sinkhorn_attention(q, k, v, iterations=ITERATIONS, tol=0.0)
+
+
+def inputs(shape, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=gen, dtype=dtype) for _ in range(3))
+
+
+def time_case(shape, impls, runs):
+    q, k, v = inputs(shape)
+    fns = {name: implementation(name) for name in impls}
+    for fn in fns.values():  # warm-up
+        fn(q, k, v)
+    times = {name: [] for name in impls}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(q, k, v)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory_child(name, shape):
+    """Runs in a fresh process: peak extra bytes of one call."""
+    fn = implementation(name)
+    small = (1, 1, 256, shape[3])
+    fn(*inputs(small))  # library initialisation outside the measurement
+    q, k, v = inputs(shape)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _status_kib("VmRSS")
+    out = fn(q, k, v)
+    peak = _status_kib("VmHWM")
+    del out
+    print(json.dumps({"extra_bytes": (peak - before) * 1024}))
+
+
+def measure_memory(name, shape):
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    cmd = [sys.executable, __file__, "--memory-child", name, ",".join(map(str, shape))]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def float64_error(shape, heads=2):
+    """Max |ours − float64 dense| / max |float64 dense| on the first `heads` heads of sample 0."""
+    q, k, v = inputs(shape)
+    ours = sinkhorn_attention(q, k, v, iterations=ITERATIONS, tol=0.0)[:1, :heads]
+    ref = dense_sinkhorn(*(t[:1, :heads].double() for t in (q, k, v)))
+    return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def fmt_bytes(b):
+    if b is None:
+        return "n/a"
+    return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes, few runs (smoke test)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], tuple(int(x) for x in args.memory_child[1].split(",")))
+        return
+
+    cases = QUICK if args.quick else FULL
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"fp32, {ITERATIONS} Sinkhorn iterations, tol=0; load average before: {os.getloadavg()[0]:.2f}")
+    header = ("case", "B,H,N,D", "impl", "time", "× SDPA", "peak extra mem", "mem ÷ dense", "rel err f64")
+    rows = []
+    for label, shape, impls, runs in cases:
+        times = time_case(shape, impls, runs)
+        mem = {} if args.no_memory else {name: measure_memory(name, shape) for name in impls}
+        err = float64_error(shape) if "dense" in impls else None
+        for name in impls:
+            ratio = times[name] / times["sdpa"]
+            m = mem.get(name)
+            m_ratio = (f"{m / mem['dense']:.3f}" if name == "ours" and mem.get("dense") and m is not None else "")
+            e = f"{err:.1e}" if name == "ours" and err is not None else ""
+            rows.append((label, ",".join(map(str, shape)), name, f"{times[name]:.3f} s", f"{ratio:.2f}",
+                         fmt_bytes(m) if not args.no_memory else "-", m_ratio, e))
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

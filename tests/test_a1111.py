@@ -208,10 +208,17 @@ def test_alternative_unet_is_refused_with_a_message(a1111_host, kernel_calls, ca
 
 def test_a_layer_that_does_not_exist_on_the_model_is_reported(a1111_host, kernel_calls, capsys):
     host = a1111_host
-    host.txt2img(seed=1, alwayson={"ASAG": [True, 1.5, "input.9"]}, **FAST)
+    result = host.txt2img(seed=1, alwayson={"ASAG": [True, 1.5, "input.9"]}, **FAST)
     assert kernel_calls == []
-    assert "input.9" in capsys.readouterr().out
+    assert "input blocks with attention: 1, 2, 4, 5, 7, 8" in capsys.readouterr().out
+    assert "ASAG error" in result.infotexts[0] and "'layers'" in result.infotexts[0]
     assert _no_patch_left(host)
+
+
+def test_host_detection(a1111_host):
+    from asag_lib.hosts import detect
+
+    assert detect() == "a1111"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from asag_lib.attention import (
     make_row_selective_forward,
     patched_forwards,
 )
-from asag_lib.hosts.job import Job, get_job, report_error
+from asag_lib.hosts.job import Job, get_job, pass_selected, report_error
 
 CALLBACK_NAME = "asag"
 
@@ -82,8 +82,11 @@ def _unsupported_reason(unet: Any) -> str | None:
     return None
 
 
-def _resolve(job: Job, unet: Any) -> _Target | None:
-    """The attn1 modules of the live model for the job's layer spec, cached per model identity."""
+def _resolve(job: Job, unet: Any, p: Any) -> _Target | None:
+    """The attn1 modules of the live model for the job's layer spec, cached per model identity.
+
+    A spec that does not fit this model is reported like any bad input (console line and a note in
+    the job's info); ASAG is then off while this model samples."""
     cache: dict[int, _Target | None] = job.state.setdefault("targets", {})
     key = id(unet)
     if key in cache:
@@ -92,17 +95,12 @@ def _resolve(job: Job, unet: Any) -> _Target | None:
     try:
         resolved = layers.resolve(unet, job.settings.layers)
     except ValueError as exc:
-        job.say_once(f"{exc}; ASAG is off for this model")
+        report_error(p, f"ASAG sampling: invalid value {job.settings.layers!r} for 'layers' on this model: {exc}; "
+                        "ASAG is off for this model")
     else:
         target = _Target(key, tuple(ref for ref, _ in resolved), tuple(module for _, module in resolved))
     cache[key] = target
     return target
-
-
-def _pass_is_guided(job: Job, p: Any) -> bool:
-    hires = job.settings.hires
-    is_hr = bool(getattr(p, "is_hr_pass", False))
-    return hires == "both" or (hires == "hires") == is_hr
 
 
 def _summary(job: Job, target: _Target, unet: Any, x: Tensor | None, is_hr: bool) -> str:
@@ -127,7 +125,7 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
     state["pass_active"] = False
     if state.get("failed"):
         return
-    if not _pass_is_guided(job, p):
+    if not pass_selected(job.settings.hires, is_hr):
         job.say_once(f"{'hires' if is_hr else 'first'} pass not guided (Hires. fix setting '{job.settings.hires}')")
         return
     unet = _diffusion_model()
@@ -135,7 +133,7 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
     if reason:
         job.say_once(reason)
         return
-    target = _resolve(job, unet)
+    target = _resolve(job, unet, p)
     if target is None:
         return
     job.say_once(_summary(job, target, unet, x, is_hr))
@@ -293,7 +291,7 @@ def on_cfg_denoiser(params: Any) -> None:
     step = _Step(job, params, [list(entries) for entries in conds_list])
     _current.append(step)
     unet = _diffusion_model()
-    target = _resolve(job, unet)
+    target = _resolve(job, unet, denoiser.p)
     if target is not None and _use_batched(step, target, unet):
         try:
             _batch_weak_rows(step, target)
@@ -377,7 +375,7 @@ def on_cfg_denoised(params: Any) -> None:
         return
     job = step.job
     unet = _diffusion_model()
-    target = _resolve(job, unet)
+    target = _resolve(job, unet, denoiser.p)
     if target is None:
         _current.clear()
         return

@@ -19,7 +19,7 @@ from typing import Any
 
 from asag_lib import guidance, layers
 from asag_lib.attention import KernelOptions, make_attn1_replace
-from asag_lib.hosts.job import Job, report_error, strip_infotext
+from asag_lib.hosts.job import Job, pass_selected, report_error, strip_infotext
 
 MARK = "asag_post_cfg"
 """Attribute set on our post-CFG function, so a UNet that already carries one is recognised (idempotency
@@ -78,15 +78,6 @@ def unsupported_reason(p: Any, unet: Any) -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # pure helpers (no host needed)
-
-
-def pass_selected(hires: str, is_hr_pass: bool) -> bool:
-    """The `hires` setting: 'both', 'first' (base pass only) or 'hires' (hires pass only)."""
-    if hires == "first":
-        return not is_hr_pass
-    if hires == "hires":
-        return is_hr_pass
-    return True
 
 
 def with_attn1_replacements(model_options: Mapping, fn: Callable, keys: Iterable[tuple]) -> dict:

@@ -34,6 +34,15 @@ class Job:
         return True
 
 
+def pass_selected(hires: str, is_hr_pass: bool) -> bool:
+    """The `hires` setting: 'both', 'first' (base pass only) or 'hires' (hires pass only)."""
+    if hires == "first":
+        return not is_hr_pass
+    if hires == "hires":
+        return is_hr_pass
+    return True
+
+
 def get_job(p: object) -> Job | None:
     job = getattr(p, JOB_ATTR, None)
     return job if isinstance(job, Job) else None

@@ -161,6 +161,9 @@ _LOG2E = 1.0 / _LN2
 #: Streaming blocks of scores are sized to stay cache-resident (and within the memory budget).
 _BLOCK_BYTES = 2 * 2**20
 
+#: The dense path keeps the scores of this many bytes' worth of heads at a time (cache-resident).
+_DENSE_GROUP_BYTES = 8 * 2**20
+
 #: Fewer rows per block than this make the score GEMM inefficient; the chunked path groups heads to match.
 _MIN_BLOCK_ROWS = 256
 
@@ -428,7 +431,8 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
     esize = q2.element_size()
     block = max(1, min(_BLOCK_BYTES, budget // 2))
     if path == "dense":
-        group = max(1, (budget // 2) // (n_q * n_k * esize))  # the kept scores take at most half the budget
+        # the kept scores stay cache-sized and take at most half the budget
+        group = max(1, min(_DENSE_GROUP_BYTES, budget // 2) // (n_q * n_k * esize))
     elif path == "chunked":
         # blocks of at least _MIN_BLOCK_ROWS rows per head keep the score GEMMs efficient
         group = max(1, block // (_MIN_BLOCK_ROWS * max(n_q, n_k) * esize))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -283,3 +284,61 @@ def test_integer_inputs_rejected():
     q = torch.ones(1, 1, 4, 4, dtype=torch.int64)
     with pytest.raises(ValueError, match="floating-point"):
         sinkhorn_attention(q, q, q)
+
+
+# --------------------------------------------------------------------------------------------------------
+# extreme logits, path choice, memory
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_extreme_logits_match_reference_and_use_exact_column_step(path, monkeypatch):
+    """Logits of ±1e4 leave some column almost empty in every row: the fused column update would be
+    inaccurate there, so the score engines must fall back to the exact log-domain column step."""
+    calls = []
+    original = sk._ScoreEngine.col_pass
+    monkeypatch.setattr(sk._ScoreEngine, "col_pass", lambda self, *a: calls.append(1) or original(self, *a))
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 2, 48, 64, generator=gen).sign() * 40.0
+    k = torch.randn(2, 2, 56, 64, generator=gen) * 40.0
+    v = torch.randn(2, 2, 56, 32, generator=gen)
+    out, st = run(q, k, v, path, iterations=3, return_stats=True)
+    r_out, r_ent, _, r_used = reference(q, k, v, iterations=3)
+    assert rel_err(out, r_out) <= 1e-3  # fp32 rounding of logits of 1e4 is ~1e-3 absolute
+    assert torch.equal(st.iterations_used, r_used)
+    torch.testing.assert_close(st.row_entropy.double(), r_ent, rtol=1e-2, atol=1e-2)
+    if path in ("auto", "dense", "chunked", "chunked_tiny"):
+        assert calls, "the exact column fallback was not exercised"
+
+
+def test_auto_path_choice():
+    cpu = torch.device("cpu")
+    big = sk.DEFAULT_MEMORY_BUDGET_BYTES
+    assert sk._choose_path(cpu, torch.float32, 1024, 1024, big) == "dense"
+    assert sk._choose_path(cpu, torch.float32, 4096, 4096, big) == "chunked"
+    assert sk._choose_path(cpu, torch.float32, 1024, 1024, 2**20) == "chunked"  # the budget rules dense out
+    with pytest.raises(ValueError, match="path must be one of"):
+        run(*make(1, 1, 4, 4, 4), "nope")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_peak_memory_is_bounded_for_large_n():
+    """N = 4096, 4 heads: the dense plan is 256 MiB (and 3× that with temporaries); ours stays O(N·D)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pytest.skip("cannot reset the peak-RSS counter here")
+
+    def status_kib(key):
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(key))
+
+    q, k, v = make(1, 4, 4096, 4096, 64)
+    sinkhorn_attention(q[:, :1, :256], k[:, :1, :256], v[:, :1, :256])  # warm the libraries up
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = status_kib("VmRSS")
+    out = sinkhorn_attention(q, k, v)
+    extra = (status_kib("VmHWM") - before) * 1024
+    assert torch.isfinite(out).all()
+    assert extra < 48 * 2**20, f"peak extra memory {extra / 2**20:.0f} MiB"

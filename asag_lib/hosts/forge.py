@@ -252,6 +252,8 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
         job.say_once("no Forge sampling backend found (backend.sampling / ldm_patched); ASAG skipped.")
         return
     flavour_name, calc = flavour
+    if settings.weak_pass == "batched":
+        job.say_once("weak pass 'batched' is an A1111 option; on Forge the weak pass is one cond-only call.")
 
     diffusion_model = unet.model.diffusion_model
     try:

@@ -11,20 +11,29 @@ and the plan is P_ij = exp(f_i + log K_ij + g_j). After each iteration the row-m
 e = max_i |n_q · Σ_j P_ij − 1| is measured per (batch, head); a (batch, head) whose error is ≤ tol is
 frozen (its potentials stop changing), so every sample of a batch is computed independently of the others.
 
-Every step is a log-sum-exp over keys (or over queries) with an additive per-key (per-query) bias, which
-is what a memory-efficient attention kernel computes without materialising the n_q × n_k matrix. The
-kernel therefore never needs more than O(N·D) extra memory on its fast paths:
+Every step is a log-sum-exp over keys (or over queries) with an additive per-key (per-query) bias. One
+pass over the scores of a head gives the row step's LSE, the row-marginal error of the previous column
+step, *and* the next column step (from the column sums of the row-normalised plan), so k iterations cost
+k + 1 passes instead of 2k + 1; the last pass also yields the output n_q · P · V = n_q · exp(f_i + lse_i)
+· softmax-attention output, and (when asked) the row entropy from the same pass with V extended by
+[k, g]. Internally logs are base 2 (exp2 is accurate to an ulp and several times faster than exp on CPU).
 
-* ``flash_cpu``: torch's CPU flash-attention op, which returns the log-sum-exp alongside the output; the
-  bias rides as an extra head dimension (q' = [−scale·q, 1], k' = [k, g], scale 1).
-* ``cuda``: the memory-efficient CUDA op with an additive ``attn_bias`` (untested here: no GPU in CI).
-* ``dense``: the score matrix of a few heads at a time kept resident and reused by every half-iteration;
-  fastest for small N, used only while those heads fit the memory budget.
-* ``chunked``: pure torch, recomputing scores in blocks of rows bounded by the memory budget; the
-  fallback for any device or torch version.
+Paths (``PATHS``), chosen by capability checks, never by catching errors:
 
-The final output n_q · P · V is one more biased attention pass: its softmax output times the row masses
-n_q · exp(f_i + lse_i). Everything is computed in float32 (float64 for float64 inputs) and cast back.
+* ``dense`` (CPU, n_q · n_k · 4 bytes ≤ 8 MiB): the scores of one or two heads at a time are computed once
+  and stay cache-resident for every pass.
+* ``chunked`` (CPU for larger N, and any device without a better path): pure torch, recomputing scores
+  in blocks of rows sized for the cache and bounded by the memory budget, O(N·D + block) extra memory.
+* ``cuda``: the memory-efficient CUDA attention op, which returns the LSE, O(N·D) memory; the bias rides
+  as an extra head dimension (q' = [−scale·q, 1], k' = [k, g], scale 1). It cannot give column sums, so
+  each column step is a pass of its own with queries and keys swapped. Not testable here (no GPU in CI).
+* ``flash_cpu``: the same engine on torch's CPU flash-attention op. Slower on CPU than ``dense`` and
+  ``chunked`` (5 passes for 2 iterations), so never chosen automatically there; it exists so that the
+  CUDA engine's logic runs in the CPU tests.
+
+Extreme logits (|S| ~ 1e4) can leave a column almost empty in every row; the fused column update would
+then lose precision, and the exact log-domain column step is run for that head instead.
+Everything is computed in float32 (float64 for float64 inputs) and cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -429,7 +438,8 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
     vf = v.reshape(B * H, n_k, d_v).to(cdt)
 
     esize = q2.element_size()
-    block = max(1, min(_BLOCK_BYTES, budget // 2))
+    # cache-sized blocks on CPU; on other devices (kernel-launch bound) as large as the budget allows
+    block = max(1, min(_BLOCK_BYTES, budget // 2) if q.device.type == "cpu" else budget // 2)
     if path == "dense":
         # the kept scores stay cache-sized and take at most half the budget
         group = max(1, min(_DENSE_GROUP_BYTES, budget // 2) // (n_q * n_k * esize))

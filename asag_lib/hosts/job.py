@@ -55,7 +55,7 @@ def clear_job(p: object) -> None:
 
 def report_error(p: object, message: str) -> None:
     """One console line plus a note in the job's info (infotext key and comment); the job goes on."""
-    print(LOG_PREFIX + message.removeprefix(LOG_PREFIX), flush=True)
+    print(message if message.startswith("ASAG") else LOG_PREFIX + message, flush=True)
     extra = getattr(p, "extra_generation_params", None)
     if isinstance(extra, dict):
         extra[ERROR_KEY] = message

@@ -130,13 +130,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, few runs (smoke test)")
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    parser.add_argument("--only", help="run only the cases whose label contains this text")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child[0], tuple(int(x) for x in args.memory_child[1].split(",")))
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = QUICK if args.quick else FULL
+    cases = [c for c in cases if args.only is None or args.only in c[0]]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"fp32, {ITERATIONS} Sinkhorn iterations, tol=0; load average before: {os.getloadavg()[0]:.2f}")
     header = ("case", "B,H,N,D", "impl", "time", "× SDPA", "peak extra mem", "mem ÷ dense", "rel err f64")

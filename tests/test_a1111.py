@@ -56,7 +56,7 @@ def test_disabled_and_scale_zero_are_bit_identical_and_run_no_weak_pass(a1111_ho
     assert _same(plain, disabled) and _same(plain, zero)
     assert kernel_calls == []
     assert _no_patch_left(host)
-    assert "ASAG scale: 0" in zero.infotexts[0] and "ASAG" not in disabled.infotexts[0]
+    assert zero.infotexts == plain.infotexts == disabled.infotexts  # byte-identical saved images
 
 
 def test_enabled_changes_the_result_and_writes_infotext(a1111_host, kernel_calls):
@@ -212,6 +212,7 @@ def test_a_layer_that_does_not_exist_on_the_model_is_reported(a1111_host, kernel
     assert kernel_calls == []
     assert "input blocks with attention: 1, 2, 4, 5, 7, 8" in capsys.readouterr().out
     assert "ASAG error" in result.infotexts[0] and "'layers'" in result.infotexts[0]
+    assert "ASAG scale" not in result.infotexts[0]  # 'ASAG scale' in an infotext means ASAG ran
     assert _no_patch_left(host)
 
 
@@ -234,6 +235,25 @@ def test_batched_weak_pass_equals_the_separate_call(a1111_host):
     for a, b, c in zip(separate.images, batched.images, plain.images, strict=True):
         _assert_float_noise(a, b, effect_of=(a, c))
     assert _no_patch_left(host)
+
+
+def test_batched_weak_pass_on_sdxl_dict_conds(a1111_host):
+    host = a1111_host
+    host.set_model("sdxl")
+    base = [True, 2.0, "middle", 2, 0.001, 0.0, 1.0, "both", 0.0, "rows"]
+    job = {"seed": 6, "steps": 2, "width": 128, "height": 128}
+    separate = host.txt2img(alwayson={"ASAG": [*base, "separate"]}, **job)
+    batched = host.txt2img(alwayson={"ASAG": [*base, "batched"]}, **job)
+    plain = host.txt2img(**job)
+    _assert_float_noise(separate.images[0], batched.images[0], effect_of=(separate.images[0], plain.images[0]))
+
+
+def test_hires_checkpoint_is_not_announced_as_a_refiner_switch(a1111_host, kernel_calls, capsys):
+    host = a1111_host
+    host.txt2img(seed=1, steps=2, enable_hr=True, hr_scale=2.0, hr_checkpoint="sd2", alwayson={"ASAG": ON}, **{
+        "width": 64, "height": 64})
+    out = capsys.readouterr().out
+    assert "refiner switch" not in out and "hires pass: scale 2" in out
 
 
 def test_batched_falls_back_when_unsafe(a1111_host, kernel_calls, capsys):
@@ -413,5 +433,5 @@ def test_refiner_switch_re_resolves_the_layers(a1111_host, kernel_calls, capsys)
     base = [c for c in kernel_calls if c[2] == 16]     # SDXL middle: ds4 of a 16x16 latent
     refiner = [c for c in kernel_calls if c[2] == 4]   # refiner middle: ds8
     assert len(base) % 10 == 0 and base and len(refiner) % 4 == 0 and refiner
-    assert "model changed during sampling (refiner): now 4 layer(s)" in capsys.readouterr().out
+    assert "model changed during sampling (refiner switch): now 4 layer(s)" in capsys.readouterr().out
     assert _no_patch_left(host)

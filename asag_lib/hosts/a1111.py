@@ -29,7 +29,7 @@ from asag_lib.attention import (
     make_row_selective_forward,
     patched_forwards,
 )
-from asag_lib.hosts.job import Job, get_job, pass_selected, report_error
+from asag_lib.hosts.job import Job, get_job, pass_selected, report_error, strip_infotext
 
 CALLBACK_NAME = "asag"
 
@@ -95,6 +95,8 @@ def _resolve(job: Job, unet: Any, p: Any) -> _Target | None:
     try:
         resolved = layers.resolve(unet, job.settings.layers)
     except ValueError as exc:
+        if not job.state.get("guided"):
+            strip_infotext(p)  # nothing was guided yet: keep 'ASAG scale' meaning that ASAG ran
         report_error(p, f"ASAG sampling: invalid value {job.settings.layers!r} for 'layers' on this model: {exc}; "
                         "ASAG is off for this model")
     else:
@@ -138,6 +140,8 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
         return
     job.say_once(_summary(job, target, unet, x, is_hr))
     state["pass_active"] = True
+    state["guided"] = True
+    state["pass_unet"] = target.unet_id  # a model change after this point is a refiner switch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +233,8 @@ def _use_batched(step: _Step, target: _Target, unet: Any) -> bool:
 def _insert_rows(value: Any, n: int) -> Any:
     """[a | rest] -> [a | a | rest] where a is the first n rows (tensor or SDXL dict)."""
     if isinstance(value, dict):
-        return {key: _insert_rows(tensor, n) for key, tensor in value.items()}
+        # keep the host's type: SDXL conds are a DictWithShape, whose `.shape` the host reads
+        return type(value)({key: _insert_rows(tensor, n) for key, tensor in value.items()})
     return torch.cat([value[:n], value[:n], value[n:]])
 
 
@@ -379,10 +384,10 @@ def on_cfg_denoised(params: Any) -> None:
     if target is None:
         _current.clear()
         return
-    if target.unet_id != job.state.get("announced_unet", target.unet_id):
-        job.say_once(f"model changed during sampling (refiner): now {len(target.refs)} layer(s) "
+    if target.unet_id != job.state.get("pass_unet", target.unet_id):
+        job.say_once(f"model changed during sampling (refiner switch): now {len(target.refs)} layer(s) "
                      f"{layers.describe(target.refs)}")
-    job.state["announced_unet"] = target.unet_id
+        job.state["pass_unet"] = target.unet_id
     if step.weak_rows is not None:
         start, end = step.weak_rows
         if not step.batched_ok:

@@ -74,7 +74,8 @@ def strip_infotext(p: object) -> None:
 
 def prepare_job(p: object, script_args: Sequence[Any]) -> Job | None:
     """Parse and validate the script args (with X/Y/Z overrides from `p.asag_*`), write infotext and
-    attach a Job to `p`. Returns None when ASAG is off, at scale 0, or the input is invalid."""
+    attach a Job to `p`. Returns None (and writes no ASAG parameters) when ASAG is off, at scale 0, or
+    the input is invalid."""
     clear_job(p)
     strip_infotext(p)
     try:
@@ -82,13 +83,12 @@ def prepare_job(p: object, script_args: Sequence[Any]) -> Job | None:
     except ValueError as exc:
         report_error(p, str(exc))
         return None
-    if not settings.enabled:
+    if not settings.enabled or settings.scale == 0:
+        # scale 0 is "off": no infotext either, so the saved image is byte-identical to one made without ASAG
         return None
     extra = getattr(p, "extra_generation_params", None)
     if isinstance(extra, dict):
         extra.update(params.to_infotext(settings))
-    if settings.scale == 0:
-        return None
     job = Job(settings)
     setattr(p, JOB_ATTR, job)
     return job

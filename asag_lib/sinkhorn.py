@@ -93,6 +93,8 @@ def sinkhorn_attention(
         perturbed layer is then effectively deleted rather than redistributed).
     memory_budget_bytes: bound on the n_q × n_k score blocks held at once (default 256 MiB). The fast
         paths need only O(N·D) extra memory whatever the budget.
+
+    Inference only: the paths work in place and are not meant to be differentiated through.
     """
     _validate(q, k, v, iterations, tol, scale, memory_budget_bytes)
     return _sinkhorn_attention(

@@ -150,6 +150,13 @@ def main() -> None:
         print(json.dumps(run_scenario(args.child, args)))
         return
 
+    overhead = _disabled_callbacks_overhead()
+    calls = 20000
+    start = time.perf_counter()
+    for _ in range(calls):
+        overhead()
+    per_step_us = (time.perf_counter() - start) / calls * 1e6
+    print(f"ASAG disabled: its three A1111 CFG callbacks cost {per_step_us:.2f} µs per model call")
     print(f"SDXL layout, width {args.width}, latent {args.latent}x{args.latent} "
           f"({args.latent * 8}px), batch {args.batch}, device {args.device}, {args.steps} steps, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")

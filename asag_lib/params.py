@@ -62,11 +62,6 @@ class Param:
         return "a string"
 
 
-def _layer_check(value: str) -> str:
-    """Syntax check of a layer spec (resolution against a UNet happens at sampling time)."""
-    return layers.validate_spec(value)
-
-
 PARAMS: tuple[Param, ...] = (
     Param("enabled", bool, False, "Enable ASAG", "Turn Adversarial Sinkhorn Attention Guidance on for this job.",
           xyz="Enabled"),
@@ -154,8 +149,8 @@ def coerce(param: Param, value: Any, source: str = "input") -> Any:
     if param.name == "layers":
         if not text:
             raise _error(param, value, source, "empty")
-        try:
-            return _layer_check(text)
+        try:  # syntax only: resolution against the loaded UNet happens at sampling time
+            return layers.validate_spec(text)
         except ValueError as exc:
             # The grammar's message already lists the accepted forms.
             raise ValueError(f"ASAG {source}: invalid value {value!r} for 'layers': {exc}") from None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from asag_lib import params
+from asag_lib import layers, params
 
 MAIN_ROWS: tuple[tuple[str, ...], ...] = (("scale", "iterations"), ("layers",), ("start", "end"), ("hires",))
 """Layout of the accordion; every parameter not listed goes into the 'Advanced' sub-accordion."""
@@ -26,10 +26,8 @@ class BuiltUI:
 
 
 def layer_choices() -> list[str]:
-    from asag_lib import layers
-
-    names = getattr(layers, "preset_names", None)
-    return list(names()) if callable(names) else [params.PARAMS_BY_NAME["layers"].default]
+    """The layers dropdown offers the presets; any spec can be typed in (allow_custom_value)."""
+    return list(layers.preset_names())
 
 
 def _component(gr: Any, param: params.Param, elem_id: str) -> Any:

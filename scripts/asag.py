@@ -22,14 +22,10 @@ if ADAPTER is not None and hasattr(ADAPTER, "register"):
     ADAPTER.register()
 
 
-def _register_xyz_axes() -> None:
-    xyz.register()
-
-
 # At import for API-only start-up (the X/Y/Z choices are built before on_before_ui there), and again
 # before every UI build (after a reload); `register` deduplicates by label.
-_register_xyz_axes()
-script_callbacks.on_before_ui(_register_xyz_axes)
+xyz.register()
+script_callbacks.on_before_ui(xyz.register)
 
 
 class ASAGScript(scripts.Script):

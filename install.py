@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-REQUIRED = {"einops": "einops>=0.6"}
+REQUIRED = {"einops": "einops"}  # Forge pins einops 0.4.1; any version has what ASAG uses
 
 
 def missing_packages() -> list[str]:

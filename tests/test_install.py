@@ -31,7 +31,7 @@ def test_missing_package_goes_through_the_hosts_pip_and_never_torch(fake_launch,
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "einops" else real(name, *a))
     runpy.run_path(INSTALL, run_name="__main__")
-    assert fake_launch == [("install einops>=0.6", "einops for ASAG")]
+    assert fake_launch == [("install einops", "einops for ASAG")]
     assert not any("torch" in command for command, _ in fake_launch)
 
 

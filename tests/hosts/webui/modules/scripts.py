@@ -128,6 +128,16 @@ class Script:
         return f"script_{tab}{slug}_{item_id}"
 
 
+class ScriptBuiltinUI(Script):
+    """Built-in UI scripts (seed, sampler, refiner): their `setup` is skipped for API jobs."""
+
+    setup_for_ui_only = True
+
+    def elem_id(self, item_id: str) -> str:
+        """Built-ins use `<tab>_<item>` ids, without the `script_` prefix and title."""
+        return f"{'img2img' if self.is_img2img else 'txt2img'}_{item_id}"
+
+
 class ScriptFile(NamedTuple):
     basedir: str
     filename: str
@@ -162,7 +172,7 @@ def _builtin_files() -> list[ScriptFile]:
 
 def _script_classes(module: ModuleType) -> Iterable[type]:
     for value in list(vars(module).values()):
-        if isinstance(value, type) and issubclass(value, Script) and value is not Script and value.__module__ == module.__name__:
+        if isinstance(value, type) and issubclass(value, Script) and value not in (Script, ScriptBuiltinUI) and value.__module__ == module.__name__:
             yield value
 
 

@@ -44,6 +44,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "token_merging_ratio": 0.0,
     "randn_source": "CPU",
     "prioritized_callbacks_cfg_denoiser": [],
+    "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False,
+    "refiner_switch_by_sample_steps": False,
+    "sd_checkpoints_limit": 1,
 }
 
 

@@ -1,0 +1,1 @@
+"""Test double of Forge2's ``backend`` package for these tests (patcher, sampling, k-model, UNet, engine)."""

@@ -1,0 +1,1 @@
+"""Test double of ``backend.patcher`` for these tests: ModelPatcher, UnetPatcher and ControlNet only."""

@@ -1,0 +1,78 @@
+"""Test double of Forge2's ``backend/patcher/unet.py`` written for these tests; leaves out loading, LoRA and
+frozen patchers.
+
+``UnetPatcher`` adds to ``ModelPatcher`` what extensions use during sampling (docs/hosts.md §11.1): the
+ControlNet linked list (shared by reference across clones), reserved memory, extra patchers, model/transformer
+option helpers and ``set_model_replace_all`` (3-tuple keys on every input/middle/output id × index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backend.patcher.base import ModelPatcher
+
+_REPLACE_ALL_BLOCKS = ("input", "middle", "output")
+_REPLACE_ALL_RANGE = 16  # ids and transformer indices covered by set_model_replace_all
+
+
+class UnetPatcher(ModelPatcher):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.controlnet_linked_list = None
+        self.extra_preserved_memory_during_sampling = 0
+        self.extra_model_patchers_during_sampling: list = []
+        self.extra_concat_condition = None
+
+    def clone(self) -> UnetPatcher:
+        twin = super().clone()
+        twin.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
+        return twin
+
+    # --- sampling-time resources
+    def add_extra_preserved_memory_during_sampling(self, memory_in_bytes: int) -> None:
+        self.extra_preserved_memory_during_sampling += int(memory_in_bytes)
+
+    def add_extra_model_patcher_during_sampling(self, model_patcher: ModelPatcher) -> None:
+        self.extra_model_patchers_during_sampling.append(model_patcher)
+
+    # --- ControlNet chain: newest first, each unit points at the one added before it
+    def add_patched_controlnet(self, cnet: Any) -> None:
+        if cnet is not self.controlnet_linked_list:
+            cnet.set_previous_controlnet(self.controlnet_linked_list)
+        self.controlnet_linked_list = cnet
+
+    def list_controlnets(self) -> list:
+        found, unit = [], self.controlnet_linked_list
+        while unit is not None and all(unit is not seen for seen in found):
+            found.append(unit)
+            unit = unit.previous_controlnet
+        return found
+
+    # --- option helpers
+    def append_model_option(self, k: str, v: Any, ensure_uniqueness: bool = False) -> None:
+        entries = self.model_options.setdefault(k, [])
+        if not (ensure_uniqueness and v in entries):
+            entries.append(v)
+
+    def append_transformer_option(self, k: str, v: Any, ensure_uniqueness: bool = False) -> None:
+        entries = self.model_options["transformer_options"].setdefault(k, [])
+        if not (ensure_uniqueness and v in entries):
+            entries.append(v)
+
+    def set_transformer_option(self, k: str, v: Any) -> None:
+        self.model_options["transformer_options"][k] = v
+
+    def add_conditioning_modifier(self, modifier: Callable, ensure_uniqueness: bool = False) -> None:
+        self.append_model_option("conditioning_modifiers", modifier, ensure_uniqueness)
+
+    def add_sampler_pre_cfg_function(self, modifier: Callable, ensure_uniqueness: bool = False) -> None:
+        self.append_model_option("sampler_pre_cfg_function", modifier, ensure_uniqueness)
+
+    def set_model_replace_all(self, patch: Callable, target: str = "attn1") -> None:
+        """The same replacement at every (block, id, index) key, as reference-only and StyleAlign do."""
+        everywhere = {(block, block_id, index): patch for block in _REPLACE_ALL_BLOCKS
+                      for block_id in range(_REPLACE_ALL_RANGE) for index in range(_REPLACE_ALL_RANGE)}
+        replacements = self.model_options["transformer_options"].setdefault("patches_replace", {})
+        replacements.setdefault(target, {}).update(everywhere)

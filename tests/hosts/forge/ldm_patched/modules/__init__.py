@@ -1,0 +1,1 @@
+"""Test double of ``ldm_patched.modules`` for these tests: samplers and model_base only."""

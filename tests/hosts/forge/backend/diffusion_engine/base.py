@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/diffusion_engine/base.py`` written for these tests; leaves out loading,
-text encoders, VAE and checkpoint saving.
+"""Test double of backend/diffusion_engine/base.py written for these tests; no loading, CLIP, VAE.
 
 ``ForgeObjects`` bundles the patchers; ``shallow_copy`` is how processing resets them before every sampling
 (docs/hosts.md §11.5). Unlike the host, the engine is built from ready ``ForgeObjects`` and the model-family
@@ -13,10 +12,7 @@ from typing import Any
 
 class ForgeObjects:
     def __init__(self, unet: Any, clip: Any, vae: Any, clipvision: Any):
-        self.unet = unet
-        self.clip = clip
-        self.vae = vae
-        self.clipvision = clipvision
+        self.unet, self.clip, self.vae, self.clipvision = unet, clip, vae, clipvision
 
     def shallow_copy(self) -> ForgeObjects:
         """A new holder pointing at the same patcher objects."""

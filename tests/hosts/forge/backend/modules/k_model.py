@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/modules/k_model.py`` written for these tests; leaves out dtypes, devices,
-memory estimates and the diffusers scheduler.
+"""Test double of backend/modules/k_model.py written for these tests; no dtypes, devices, scheduler.
 
 ``KModel.apply_model`` returns the denoised (x0) prediction (docs/hosts.md §11.1): scale the input for the
 predictor, run the diffusion model on the predictor's timestep, reconstruct x0.
@@ -18,8 +17,7 @@ def predict_x0(diffusion_model: torch.nn.Module, predictor: Any, x: torch.Tensor
                **kwargs: Any) -> torch.Tensor:
     """One denoised prediction; shared with the ``ldm_patched`` ``BaseModel`` double."""
     model_in = predictor.calculate_input(sigma, x)
-    if c_concat is not None:
-        model_in = torch.cat([model_in, c_concat], dim=1)
+    model_in = model_in if c_concat is None else torch.cat([model_in, c_concat], dim=1)
     extra = {"y": kwargs["y"]} if kwargs.get("y") is not None else {}
     out = diffusion_model(model_in, predictor.timestep(sigma).float(), context=c_crossattn, control=control,
                           transformer_options=transformer_options or {}, **extra)
@@ -32,11 +30,7 @@ class KModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, diffusers_scheduler: Any = None, k_predictor: Any = None,
                  config: Any = None):
         super().__init__()
-        if k_predictor is None:
-            raise ValueError("test double: pass k_predictor (no diffusers scheduler support)")
-        self.diffusion_model = model
-        self.predictor = k_predictor
-        self.config = config
+        self.diffusion_model, self.predictor = model, k_predictor
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat: torch.Tensor | None = None,
                     c_crossattn: torch.Tensor | None = None, control: dict | None = None,

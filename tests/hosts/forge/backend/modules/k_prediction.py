@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/modules/k_prediction.py`` written for these tests; leaves out EDM, v-pred,
-Flux and zero-terminal-SNR predictors.
+"""Test double of backend/modules/k_prediction.py for these tests; no EDM, v-pred or Flux predictors.
 
 Two predictors: ``Prediction`` (epsilon, the SD discrete linear-beta schedule: sigma_min ≈ 0.03, sigma_max ≈
 14.6) and ``PredictionDiscreteFlow`` (rectified flow, ``prediction_type == "const"``, sigma in [0, 1],
@@ -20,8 +19,7 @@ class AbstractPrediction(torch.nn.Module):
 
     def __init__(self, sigma_data: float = 1.0, prediction_type: str = "epsilon"):
         super().__init__()
-        self.sigma_data = sigma_data
-        self.prediction_type = prediction_type
+        self.sigma_data, self.prediction_type = sigma_data, prediction_type
 
     def _flow(self) -> bool:
         return self.prediction_type == "const"
@@ -60,7 +58,7 @@ class Prediction(AbstractPrediction):
 
     def __init__(self, sigma_data: float = 1.0, prediction_type: str = "eps", beta_schedule: str = "linear",
                  linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000):
-        super().__init__(sigma_data=sigma_data, prediction_type=prediction_type)
+        super().__init__(sigma_data, prediction_type)
         if beta_schedule != "linear":
             raise NotImplementedError(f"test double: only the linear beta schedule, not {beta_schedule!r}")
         root_betas = torch.linspace(math.sqrt(linear_start), math.sqrt(linear_end), timesteps,
@@ -74,11 +72,11 @@ class Prediction(AbstractPrediction):
 
     @property
     def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
+        return self.sigmas.min()
 
     @property
     def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
+        return self.sigmas.max()
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (fractional) schedule index whose log-sigma is nearest below/above ``sigma``, interpolated."""
@@ -109,7 +107,7 @@ class PredictionDiscreteFlow(AbstractPrediction):
 
     def __init__(self, sigma_data: float = 1.0, prediction_type: str = "const", shift: float = 1.0,
                  timesteps: int = 1000):
-        super().__init__(sigma_data=sigma_data, prediction_type=prediction_type)
+        super().__init__(sigma_data, prediction_type)
         self.shift = shift
         self.multiplier = timesteps
         grid = torch.arange(1, timesteps + 1, dtype=torch.float32)
@@ -117,11 +115,11 @@ class PredictionDiscreteFlow(AbstractPrediction):
 
     @property
     def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
+        return self.sigmas.min()
 
     @property
     def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
+        return self.sigmas.max()
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(sigma, dtype=torch.float32) * self.multiplier

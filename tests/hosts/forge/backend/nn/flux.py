@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/nn/flux.py`` written for these tests; leaves out the whole Flux
-architecture (double/single stream blocks, RoPE, guidance embedding).
+"""Test double of backend/nn/flux.py written for these tests; leaves out the whole Flux architecture.
 
 ``IntegratedFluxTransformer2DModel`` is a tiny DiT stand-in: image and text tokens attend jointly in one
 attention layer, modulated by the timestep. It has no ``input_blocks``/``middle_block``/``output_blocks``
@@ -30,8 +29,7 @@ class IntegratedFluxTransformer2DModel(nn.Module):
                                          nn.Linear(hidden_size, 2 * hidden_size))
             self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
             self.final = nn.Linear(hidden_size, in_channels)
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
+        self.hidden_size, self.num_heads = hidden_size, num_heads
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, y: Any = None,
                 guidance: Any = None, **kwargs: Any) -> torch.Tensor:

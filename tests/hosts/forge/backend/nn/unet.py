@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/nn/unet.py`` written for these tests; leaves out block patches, block
-modifiers, output_shape, attn2 replacements and the ``attn1_patch``/output patches.
+"""Test double of backend/nn/unet.py written for these tests; no block patches, attn2 or attn1_patch.
 
 ``IntegratedUNet2DConditionModel`` takes the small real UNet of tests/unets.py (same weights, same module
 names, so layer specs resolve against it) and runs it block by block the way Forge's UNet reports where it

@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/patcher/controlnet.py`` written for these tests; leaves out the control
-model, advanced weighting, T2I-Adapter and Control-LoRA.
+"""Test double of backend/patcher/controlnet.py for these tests; no control model, weighting, T2I.
 
 What it models (docs/hosts.md §14): a unit is linked into ``UnetPatcher.controlnet_linked_list``; the calc
 function sets ``transformer_options`` on it and calls ``get_control(x, t, cond, batched_number)`` once per
@@ -41,27 +40,26 @@ class ControlBase:
     """Hint, strength, active percent range and the link to the previously added unit."""
 
     def __init__(self, device: Any = None):
-        self.device = device
+        self.device: Any = device
         self.cond_hint_original: torch.Tensor | None = None
-        self.strength = 1.0
-        self.timestep_percent_range = (0.0, 1.0)
+        self.strength, self.timestep_percent_range = 1.0, (0.0, 1.0)
         self.sigma_range: tuple[float, float] | None = None
         self.previous_controlnet: ControlBase | None = None
         self.transformer_options: dict = {}
 
     def set_cond_hint(self, cond_hint: torch.Tensor, strength: float = 1.0,
                       timestep_percent_range: tuple[float, float] = (0.0, 1.0)) -> ControlBase:
-        self.cond_hint_original = cond_hint
-        self.strength = strength
-        self.timestep_percent_range = timestep_percent_range
+        self.cond_hint_original, self.strength = cond_hint, strength
+        self.timestep_percent_range = tuple(timestep_percent_range)
         return self
 
     def pre_run(self, model: Any, percent_to_timestep_function: Callable[[float], float]) -> None:
-        """Turn the percent range into sigmas (high, low) before sampling starts."""
-        start, end = self.timestep_percent_range
-        self.sigma_range = (percent_to_timestep_function(start), percent_to_timestep_function(end))
-        if self.previous_controlnet is not None:
-            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
+        """Turn the percent range into sigmas (high, low) before sampling starts; the whole chain."""
+        unit: ControlBase | None = self
+        while unit is not None:
+            start, end = unit.timestep_percent_range
+            unit.sigma_range = (percent_to_timestep_function(start), percent_to_timestep_function(end))
+            unit = unit.previous_controlnet
 
     def set_previous_controlnet(self, controlnet: ControlBase | None) -> ControlBase:
         self.previous_controlnet = controlnet
@@ -82,14 +80,12 @@ class ControlNet(ControlBase):
 
     def __init__(self, control_model: Any, global_average_pooling: bool = False, device: Any = None,
                  load_device: Any = None, manual_cast_dtype: Any = None):
-        super().__init__(device)
-        self.control_model = control_model
-        self.calls: list[dict] = []
+        super().__init__(device=device)
+        self.control_model, self.calls = control_model, []
 
     def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int) -> dict | None:
-        earlier = None
-        if self.previous_controlnet is not None:
-            earlier = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number)
+        before = self.previous_controlnet
+        earlier = None if before is None else before.get_control(x_noisy, t, cond, batched_number)
         if self.cond_hint_original is None or not self._active(t):
             return earlier
         self.calls.append({"cond_or_uncond": list(self.transformer_options.get("cond_or_uncond", [])),

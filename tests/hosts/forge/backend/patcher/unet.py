@@ -1,9 +1,8 @@
-"""Test double of Forge2's ``backend/patcher/unet.py`` written for these tests; leaves out loading, LoRA and
-frozen patchers.
+"""Test double of backend/patcher/unet.py written for these tests; leaves out loading, LoRA, modifiers.
 
 ``UnetPatcher`` adds to ``ModelPatcher`` what extensions use during sampling (docs/hosts.md §11.1): the
-ControlNet linked list (shared by reference across clones), reserved memory, extra patchers, model/transformer
-option helpers and ``set_model_replace_all`` (3-tuple keys on every input/middle/output id × index).
+ControlNet linked list (shared by reference across clones), reserved memory, a few option helpers and
+``set_model_replace_all`` (3-tuple keys on every input/middle/output id × index).
 """
 
 from __future__ import annotations
@@ -18,30 +17,26 @@ _REPLACE_ALL_RANGE = 16  # ids and transformer indices covered by set_model_repl
 
 
 class UnetPatcher(ModelPatcher):
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.controlnet_linked_list = None
-        self.extra_preserved_memory_during_sampling = 0
+    def __init__(self, model: Any, load_device: Any, offload_device: Any, **kwargs: Any):
+        super().__init__(model, load_device, offload_device, **kwargs)
+        self.controlnet_linked_list: Any = None
+        self.extra_preserved_memory_during_sampling: int = 0
         self.extra_model_patchers_during_sampling: list = []
-        self.extra_concat_condition = None
+        self.extra_concat_condition: Any = None
 
     def clone(self) -> UnetPatcher:
+        """Also keeps the ControlNet chain (by reference) and the reserved memory."""
         twin = super().clone()
         twin.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
         return twin
 
-    # --- sampling-time resources
     def add_extra_preserved_memory_during_sampling(self, memory_in_bytes: int) -> None:
         self.extra_preserved_memory_during_sampling += int(memory_in_bytes)
 
-    def add_extra_model_patcher_during_sampling(self, model_patcher: ModelPatcher) -> None:
-        self.extra_model_patchers_during_sampling.append(model_patcher)
-
     # --- ControlNet chain: newest first, each unit points at the one added before it
     def add_patched_controlnet(self, cnet: Any) -> None:
-        if cnet is not self.controlnet_linked_list:
-            cnet.set_previous_controlnet(self.controlnet_linked_list)
-        self.controlnet_linked_list = cnet
+        head = self.controlnet_linked_list
+        self.controlnet_linked_list = cnet if cnet is head else cnet.set_previous_controlnet(head)
 
     def list_controlnets(self) -> list:
         found, unit = [], self.controlnet_linked_list
@@ -56,19 +51,11 @@ class UnetPatcher(ModelPatcher):
         if not (ensure_uniqueness and v in entries):
             entries.append(v)
 
-    def append_transformer_option(self, k: str, v: Any, ensure_uniqueness: bool = False) -> None:
-        entries = self.model_options["transformer_options"].setdefault(k, [])
-        if not (ensure_uniqueness and v in entries):
-            entries.append(v)
-
     def set_transformer_option(self, k: str, v: Any) -> None:
         self.model_options["transformer_options"][k] = v
 
     def add_conditioning_modifier(self, modifier: Callable, ensure_uniqueness: bool = False) -> None:
         self.append_model_option("conditioning_modifiers", modifier, ensure_uniqueness)
-
-    def add_sampler_pre_cfg_function(self, modifier: Callable, ensure_uniqueness: bool = False) -> None:
-        self.append_model_option("sampler_pre_cfg_function", modifier, ensure_uniqueness)
 
     def set_model_replace_all(self, patch: Callable, target: str = "attn1") -> None:
         """The same replacement at every (block, id, index) key, as reference-only and StyleAlign do."""

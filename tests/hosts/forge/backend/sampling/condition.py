@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/sampling/condition.py`` written for these tests; leaves out areas, masks,
-guidance embeds and token-length padding.
+"""Test double of backend/sampling/condition.py for these tests; no areas, masks, guidance, padding.
 
 A text conditioning (a tensor of cross-attention tokens, or a dict with ``crossattn`` and SDXL's ``vector``)
 becomes a list of condition dicts ``{"model_conds": {"c_crossattn": …, "y": …}, "strength": …}``, each

@@ -1,5 +1,4 @@
-"""Test double of Forge2's ``backend/sampling/sampling_function.py`` written for these tests; leaves out areas,
-masks, VRAM-based batch splitting, hooks and sampling_prepare/cleanup.
+"""Test double of backend/sampling/sampling_function.py for these tests; no areas, masks, VRAM split.
 
 What it models (docs/hosts.md §11.1–§11.4, §14):
 
@@ -63,13 +62,13 @@ def _run_chunks(model: Any, group: list[tuple[int, dict]], x_in: torch.Tensor, t
     options["uncond_indices"] = [i for i, m in enumerate(markers) if m == UNCOND]
     inputs["transformer_options"] = options
 
-    control = group[0][1].get("control")
-    if control is not None:
-        unit = control
-        while unit is not None:
-            unit.transformer_options = options
-            unit = unit.previous_controlnet
-        inputs["control"] = control.get_control(x, t, inputs, n)
+    chain = group[0][1].get("control")
+    unit = chain
+    while unit is not None:
+        unit.transformer_options = options
+        unit = unit.previous_controlnet
+    if chain is not None:
+        inputs["control"] = chain.get_control(x, t, inputs, n)
 
     wrapper = model_options.get("model_function_wrapper")
     if wrapper is not None:
@@ -104,12 +103,12 @@ def sampling_function_inner(model: Any, x: torch.Tensor, timestep: torch.Tensor,
     """CFG with pre/post functions; ``denoised`` or (denoised, cond_pred, uncond_pred)."""
     model_options = {} if model_options is None else model_options
     at_cfg_one = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
-    uncond_ = None if at_cfg_one else uncond
+    negatives = None if at_cfg_one else uncond
 
     for pre in model_options.get("sampler_pre_cfg_function", []):
-        model, cond, uncond_, x, timestep, model_options = pre(model, cond, uncond_, x, timestep, model_options)
+        model, cond, negatives, x, timestep, model_options = pre(model, cond, negatives, x, timestep, model_options)
 
-    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond_, x, timestep, model_options)
+    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, negatives, x, timestep, model_options)
 
     custom_cfg = model_options.get("sampler_cfg_function")
     if custom_cfg is None:
@@ -125,9 +124,7 @@ def sampling_function_inner(model: Any, x: torch.Tensor, timestep: torch.Tensor,
                          "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
                          "model_options": model_options, "input": x})
 
-    if return_full:
-        return denoised, cond_pred, uncond_pred
-    return denoised
+    return (denoised, cond_pred, uncond_pred) if return_full else denoised
 
 
 def sampling_function(self: Any, denoiser_params: Any, cond_scale: float, cond_composition: list):
@@ -136,14 +133,14 @@ def sampling_function(self: Any, denoiser_params: Any, cond_scale: float, cond_c
     model = unet.model
     model_options = unet.model_options
     x, timestep = denoiser_params.x, denoiser_params.sigma
-    uncond = compile_conditions(denoiser_params.text_uncond)
-    cond = compile_weighted_conditions(denoiser_params.text_cond, cond_composition)
-    if unet.controlnet_linked_list is not None:
-        for entry in [*cond, *(uncond or [])]:
-            entry["control"] = unet.controlnet_linked_list
-    seed = self.p.seeds[0]
+    negative = compile_conditions(denoiser_params.text_uncond)
+    positive = compile_weighted_conditions(denoiser_params.text_cond, cond_composition)
+    chain = unet.controlnet_linked_list
+    for entry in [*positive, *(negative or [])] if chain is not None else []:
+        entry["control"] = chain
+    job_seed = self.p.seeds[0]
     for modifier in model_options.get("conditioning_modifiers", []):
-        model, x, timestep, uncond, cond, cond_scale, model_options, seed = modifier(
-            model, x, timestep, uncond, cond, cond_scale, model_options, seed)
-    return sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options, seed,
+        model, x, timestep, negative, positive, cond_scale, model_options, job_seed = modifier(
+            model, x, timestep, negative, positive, cond_scale, model_options, job_seed)
+    return sampling_function_inner(model, x, timestep, negative, positive, cond_scale, model_options, job_seed,
                                    return_full=True)

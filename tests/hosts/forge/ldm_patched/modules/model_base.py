@@ -1,5 +1,4 @@
-"""Test double of old Forge's ``ldm_patched/modules/model_base.py`` written for these tests; leaves out model
-configs, model types and the SDXL/unCLIP variants.
+"""Test double of old Forge's ldm_patched/modules/model_base.py for these tests; no configs/variants.
 
 The difference that matters to extensions: the predictor is ``model.model_sampling`` (no ``predictor``).
 """

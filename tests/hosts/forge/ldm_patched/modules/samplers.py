@@ -1,5 +1,4 @@
-"""Test double of old Forge's ``ldm_patched/modules/samplers.py`` written for these tests; leaves out the
-k-diffusion sampler classes and schedulers.
+"""Test double of old Forge's ldm_patched/modules/samplers.py for these tests; no sampler classes.
 
 Old Forge, reForge and Forge Classic run the same CFG body as Forge2 under these names (docs/hosts.md
 §11.6): ``calc_cond_uncond_batch`` has the same signature and behaviour, and ``sampling_function`` returns

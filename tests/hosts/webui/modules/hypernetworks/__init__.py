@@ -1,0 +1,1 @@
+"""Test double of the modules.hypernetworks package (see hypernetwork.py)."""

@@ -1,0 +1,183 @@
+"""Test double of modules.sd_samplers_cfg_denoiser written for these tests: the CFG denoiser's batch
+layout, callback order and combine step as hosts.md section 2.3 documents them. Leaves out edit
+(instruct-pix2pix) and unCLIP models, cond padding (pad_cond_uncond), live previews and on_mask_blend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from modules import prompt_parser, sd_samplers_common, shared
+from modules.script_callbacks import (
+    AfterCFGCallbackParams,
+    CFGDenoisedParams,
+    CFGDenoiserParams,
+    cfg_after_cfg_callback,
+    cfg_denoised_callback,
+    cfg_denoiser_callback,
+)
+
+
+def catenate_conds(conds: list[Any]) -> Any:
+    """Concatenate cond batches row-wise (tensors, or SDXL dicts key by key)."""
+    if isinstance(conds[0], dict):
+        return prompt_parser.DictWithShape({key: torch.cat([c[key] for c in conds]) for key in conds[0]})
+    return torch.cat(conds)
+
+
+def subscript_cond(cond: Any, a: int, b: int) -> Any:
+    """Rows a:b of a cond batch."""
+    if isinstance(cond, dict):
+        return prompt_parser.DictWithShape({key: value[a:b] for key, value in cond.items()})
+    return cond[a:b]
+
+
+def _token_count(cond: Any) -> int:
+    return cond.shape[1]
+
+
+class CFGDenoiser(torch.nn.Module):
+    """Wraps the sampler's model: one call evaluates every cond row and the uncond rows, then combines.
+
+    Rows of the model batch: [cond rows, image by image (AND sub-prompts repeat an image) | B uncond rows].
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.model_wrap = None
+        self.p: Any = None
+        self.mask = None
+        self.nmask = None
+        self.init_latent = None
+        self.steps: int | None = None
+        self.total_steps: int | None = None
+        self.step = 0
+        self.image_cfg_scale = None
+        self.padded_cond_uncond = False
+        self.padded_cond_uncond_v0 = False
+        self.cond_scale_miltiplier = 1.0
+        self.need_last_noise_uncond = False
+        self.last_noise_uncond = None
+        self.mask_before_denoising = False
+
+    @property
+    def inner_model(self) -> Any:
+        raise NotImplementedError
+
+    def combine_denoised(self, x_out: torch.Tensor, conds_list: list[list[tuple[int, float]]], uncond: Any,
+                         cond_scale: float) -> torch.Tensor:
+        """uncond_i + sum_k w_k * scale * (cond_k - uncond_i); the uncond block is the last B rows of x_out."""
+        n_images = uncond.shape[0]
+        uncond_out = x_out[-n_images:]
+        combined = uncond_out.clone()
+        for image, pairs in enumerate(conds_list):
+            for row, weight in pairs:
+                combined[image] += (x_out[row] - uncond_out[image]) * (weight * cond_scale)
+        return combined
+
+    def get_pred_x0(self, x_in: torch.Tensor, x_out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """k-diffusion models already predict x0."""
+        return x_out
+
+    def update_inner_model(self) -> None:
+        """After a model switch: rebuild the model wrapper lazily and take the new model's conds."""
+        self.model_wrap = None
+        cond, uncond = self.p.get_conds()
+        self.sampler.sampler_extra_args["cond"] = cond
+        self.sampler.sampler_extra_args["uncond"] = uncond
+
+    # -- pieces of forward ------------------------------------------------------------------------------
+    def _blend(self, latent: torch.Tensor) -> torch.Tensor:
+        """Inpainting: keep the init latent where mask is 1, the sampled latent where nmask is 1."""
+        return self.init_latent * self.mask + latent * self.nmask
+
+    def _condition(self, text: Any, image_cond: torch.Tensor) -> dict[str, Any]:
+        if isinstance(text, dict):
+            return {**text, "c_concat": [image_cond]}
+        return {"c_crossattn": [text], "c_concat": [image_cond]}
+
+    def _skip_uncond(self, sigma_in: torch.Tensor, s_min_uncond: float) -> bool:
+        """skip_early_cond, or NGMS (s_min_uncond) on odd calls below the sigma threshold."""
+        opts = shared.opts
+        extra = self.p.extra_generation_params if self.p is not None else {}
+        early = getattr(opts, "skip_early_cond", 0.0)
+        if early and self.step / max(self.total_steps or 1, 1) <= early:
+            extra["Skip Early CFG"] = early
+            return True
+        every_step = getattr(opts, "s_min_uncond_all", False)
+        if s_min_uncond and s_min_uncond > 0 and (self.step % 2 == 1 or every_step) and sigma_in[0] < s_min_uncond:
+            extra["NGMS"] = s_min_uncond
+            return True
+        return False
+
+    def _run_model(self, x_in: torch.Tensor, sigma_in: torch.Tensor, image_cond_in: torch.Tensor, text: Any,
+                   uncond: Any, n_images: int, skip: bool) -> torch.Tensor:
+        """Evaluate the inner model on all rows: one call, or slices of B rows when batch_cond_uncond is
+        off, or (token lengths differ) the cond rows and the uncond rows separately."""
+        rows = x_in.shape[0]
+        together = shared.opts.batch_cond_uncond
+        if skip or _token_count(text) == _token_count(uncond):
+            pieces = [(0, rows, text if skip else catenate_conds([text, uncond]))]
+            size = rows if together else n_images
+        else:
+            n_cond = text.shape[0]
+            pieces = [(0, n_cond, text), (n_cond, rows, uncond)]
+            size = n_images * 2 if together else n_images
+        outputs = []
+        for start, end, conds in pieces:
+            for a in range(start, end, size):
+                b = min(a + size, end)
+                part = subscript_cond(conds, a - start, b - start)
+                outputs.append(self.inner_model(x_in[a:b], sigma_in[a:b], cond=self._condition(part, image_cond_in[a:b])))
+        return torch.cat(outputs)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond: Any, cond: Any, cond_scale: float,
+                s_min_uncond: float, image_cond: torch.Tensor) -> torch.Tensor:
+        state = shared.state
+        if state.interrupted or state.skipped:
+            raise sd_samplers_common.InterruptedException
+        if sd_samplers_common.apply_refiner(self, sigma):
+            cond = self.sampler.sampler_extra_args["cond"]
+            uncond = self.sampler.sampler_extra_args["uncond"]
+
+        conds_list, text = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+        if self.mask_before_denoising and self.mask is not None:
+            x = self._blend(x)
+
+        n_images = len(conds_list)
+        owner = [image for image, pairs in enumerate(conds_list) for _ in pairs] + list(range(n_images))
+        order = torch.tensor(owner, dtype=torch.long, device=x.device)
+        x_in, sigma_in, image_cond_in = x[order], sigma[order], image_cond[order]
+
+        before = CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps,
+                                   text, uncond, self)
+        cfg_denoiser_callback(before)
+        x_in, image_cond_in, sigma_in = before.x, before.image_cond, before.sigma
+        text, uncond = before.text_cond, before.text_uncond
+
+        skip = self._skip_uncond(sigma_in, s_min_uncond)
+        if skip:
+            x_in, sigma_in = x_in[:-n_images], sigma_in[:-n_images]
+        x_out = self._run_model(x_in, sigma_in, image_cond_in, text, uncond, n_images, skip)
+        firsts = [pairs[0][0] for pairs in conds_list]
+        if skip:
+            x_out = torch.cat([x_out, x_out[firsts]])
+
+        cfg_denoised_callback(CFGDenoisedParams(x_out, state.sampling_step, state.sampling_steps, self.inner_model))
+        if self.need_last_noise_uncond:
+            self.last_noise_uncond = x_out[-n_images:].clone()
+
+        scale = 1.0 if skip else cond_scale * self.cond_scale_miltiplier
+        denoised = self.combine_denoised(x_out, conds_list, uncond, scale)
+        if not self.mask_before_denoising and self.mask is not None:
+            denoised = self._blend(denoised)
+        if self.sampler is not None:
+            self.sampler.last_latent = self.get_pred_x0(x, x_out[firsts], sigma)
+
+        after = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)
+        cfg_after_cfg_callback(after)
+        self.step += 1
+        return after.x

@@ -1,0 +1,136 @@
+"""Test double of modules.sd_samplers_common written for these tests: the sampler base (initialize,
+launch_sampling catching InterruptedException), SamplerData, img2img step arithmetic and the refiner
+switch. Leaves out previews, latent decoding, torchsde and eta/ENSD bookkeeping."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+from modules import shared
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerData:
+    """name, constructor(model) -> Sampler, aliases, options (e.g. {'second_order': True})."""
+
+    name: str
+    constructor: Callable[[Any], Any]
+    aliases: list[str]
+    options: dict[str, Any]
+
+    def total_steps(self, steps: int) -> int:
+        """Model calls a pass of `steps` steps makes (second-order samplers call twice per step)."""
+        return steps * 2 - 1 if self.options.get("second_order") else steps
+
+
+class InterruptedException(BaseException):
+    """Raised by the denoiser when the job is interrupted or skipped; `except Exception` misses it."""
+
+
+def setup_img2img_steps(p: Any, steps: int | None = None) -> tuple[int, int]:
+    """(schedule length, t_enc): img2img runs the last t_enc + 1 steps of a schedule. With an explicit
+    `steps` (hires pass) or opts.img2img_fix_steps, exactly that many steps run; otherwise about
+    denoising_strength x p.steps."""
+    strength = min(float(p.denoising_strength), 0.999)
+    if steps is not None or shared.opts.img2img_fix_steps:
+        run = steps or p.steps
+        length = int(run / strength) if strength > 0 else 0
+        return length, run - 1
+    return p.steps, int(strength * p.steps)
+
+
+def _refiner_in_this_pass(p: Any) -> bool:
+    """With Hires. fix, opts.hires_fix_refiner_pass picks the pass(es) the refiner may take over."""
+    if not getattr(p, "enable_hr", False):
+        return True
+    which = getattr(shared.opts, "hires_fix_refiner_pass", "second pass")
+    return which == "both passes" or (which == "second pass") == bool(p.is_hr_pass)
+
+
+def apply_refiner(cfg_denoiser: Any, sigma: torch.Tensor | None = None) -> bool:
+    """Swap to the refiner checkpoint once the pass is `p.refiner_switch_at` done (by call count).
+    Returns True when it switched; the denoiser then re-reads cond/uncond."""
+    p = cfg_denoiser.p
+    if p is None or not getattr(p, "refiner_checkpoint_info", None) or not p.refiner_switch_at:
+        return False
+    if not _refiner_in_this_pass(p):
+        return False
+    done = cfg_denoiser.step / max(cfg_denoiser.total_steps, 1)
+    if done < p.refiner_switch_at:
+        return False
+    target = p.refiner_checkpoint_info
+    if shared.sd_model.sd_checkpoint_info is target:
+        return False
+    p.extra_generation_params["Refiner"] = target.short_title
+    p.extra_generation_params["Refiner switch at"] = p.refiner_switch_at
+
+    from modules import sd_models
+
+    with sd_models.SkipWritingToConfig():
+        sd_models.reload_model_weights(info=target)
+    p.setup_conds()
+    cfg_denoiser.update_inner_model()
+    return True
+
+
+class Sampler:
+    """What both sampler families share: the CFG denoiser (`model_wrap_cfg`), `sampler_extra_args`,
+    `last_latent`, `initialize(p)` and `launch_sampling`."""
+
+    def __init__(self, funcname: str) -> None:
+        self.funcname = funcname
+        self.func = None
+        self.model_wrap: Any = None
+        self.model_wrap_cfg: Any = None
+        self.sampler_extra_args: dict[str, Any] = {}
+        self.last_latent: torch.Tensor | None = None
+        self.config: SamplerData | None = None
+        self.p: Any = None
+        self.eta = None
+        self.s_min_uncond = 0.0
+        self.stop_at: int | None = None
+        self.conditioning_key = "crossattn"
+
+    def callback_state(self, d: dict) -> None:
+        """Per-step callback: progress and the live latent."""
+        shared.state.sampling_step = d["i"]
+        self.last_latent = d["denoised"]
+
+    def launch_sampling(self, steps: int, func: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run `func`; an interrupt (InterruptedException) ends it early with the last latent."""
+        shared.state.sampling_steps = steps
+        shared.state.sampling_step = 0
+        try:
+            return func()
+        except InterruptedException:
+            return self.last_latent
+
+    def number_of_needed_noises(self, p: Any) -> int:
+        return p.steps
+
+    def initialize(self, p: Any) -> dict:
+        """Hand the job to the CFG denoiser (p, inpainting mask, step counters)."""
+        self.p = p
+        denoiser = self.model_wrap_cfg
+        denoiser.p = p
+        denoiser.mask = getattr(p, "mask", None)
+        denoiser.nmask = getattr(p, "nmask", None)
+        denoiser.init_latent = getattr(p, "init_latent", None)
+        denoiser.image_cfg_scale = getattr(p, "image_cfg_scale", None)
+        denoiser.step = 0
+        self.s_min_uncond = p.s_min_uncond if p.s_min_uncond is not None else shared.opts.s_min_uncond
+        self.eta = p.eta
+        return {}
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        raise NotImplementedError
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
+                       image_conditioning=None):
+        raise NotImplementedError
+
+    def add_infotext(self, p: Any) -> None:
+        """The double's samplers add nothing to the infotext."""

@@ -5,8 +5,8 @@ function sets ``transformer_options`` on it and calls ``get_control(x, t, cond, 
 UNet call; the hint is broadcast to the rows of that call, and the result (a ``"middle"`` residual) is
 added after the UNet's middle block. Each unit records what it saw in ``calls`` for the tests.
 
-Unlike the host, ``apply_controlnet_advanced`` links the unit it is given rather than a copy, so that a test
-holding the unit can read ``calls``.
+``apply_controlnet_advanced`` clones the UNet patcher and links the very unit it is given (hosts.md does not
+say whether the host links a copy), so a test holding the unit can read ``calls``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import csv
 import itertools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gradio as gr
@@ -78,21 +77,22 @@ def str_permutations(x: Any) -> Any:
 # axis options
 
 
-@dataclass(eq=False)
 class AxisOption:
     """One selectable axis: how to convert, check, apply and label its values."""
 
-    label: str
-    type: Any
-    apply: Callable[[Any, Any, Any], None]
-    format_value: Callable[[Any, Any, Any], str] = format_value_add_label
-    confirm: Callable[[Any, list[Any]], None] | None = None
-    cost: float = 0.0
-    choices: Callable[[], list[str]] | None = None
-    prepare: Callable[[str], list[Any]] | None = None
-
     is_img2img: ClassVar[bool | None] = None
     """None: offered on both tabs."""
+
+    def __init__(self, label: str, type: Any, apply: Callable[[Any, Any, Any], None],
+                 format_value: Callable[[Any, Any, Any], str] = format_value_add_label,
+                 confirm: Callable[[Any, list[Any]], None] | None = None, cost: float = 0.0,
+                 choices: Callable[[], list[str]] | None = None,
+                 prepare: Callable[[str], list[Any]] | None = None) -> None:
+        vars(self).update(label=label, type=type, apply=apply, format_value=format_value, confirm=confirm,
+                          cost=cost, choices=choices, prepare=prepare)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.label!r})"
 
 
 class AxisOptionImg2Img(AxisOption):

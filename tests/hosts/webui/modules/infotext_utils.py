@@ -85,8 +85,8 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     """Parse an infotext into {"Prompt", "Negative prompt", key: str value, ...}.
 
     The last line holds the parameters when it has at least three pairs. Values that look like
-    ``<int>x<int>`` are split into ``Key-1``/``Key-2``. The ``infotext_pasted`` callbacks may edit the
-    result before it is returned.
+    ``<int>x<int>`` are split into ``Key-1``/``Key-2``. Keys in ``skip_fields`` or the setting
+    ``infotext_skip_pasting`` are dropped; then the ``infotext_pasted`` callbacks may edit the result.
     """
     lines = x.strip().split("\n")
     param_line = lines.pop() if lines else ""
@@ -104,10 +104,10 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
         else:
             result[key] = value
 
-    for key in skip_fields or ():
-        result.pop(key, None)
+    from modules import script_callbacks, shared
 
-    from modules import script_callbacks
+    for key in [*(skip_fields or ()), *getattr(shared.opts, "infotext_skip_pasting", ())]:
+        result.pop(key, None)
 
     script_callbacks.infotext_pasted_callback(x, result)
     return result

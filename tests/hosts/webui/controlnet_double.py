@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from modules import prompt_parser, script_callbacks
 
 MARK = 1024.0
@@ -26,9 +25,7 @@ class ControlUnit:
                  cfg_injection: bool = False, guidance_start: float = 0.0, guidance_end: float = 1.0) -> None:
         if kind not in ("plain", "reference"):
             raise ValueError(f"unknown unit kind {kind!r}")
-        self.kind = kind
-        self.weight = weight
-        self.hint = hint
+        self.kind, self.weight, self.hint = kind, weight, hint
         self.cfg_injection = cfg_injection
         self.guidance_start = guidance_start
         self.guidance_end = guidance_end

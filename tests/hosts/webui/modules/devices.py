@@ -7,17 +7,14 @@ import contextlib
 
 import torch
 
-cpu = torch.device("cpu")
+cpu = torch.device(type="cpu")
 device = cpu
 device_interrogate = cpu
 device_gfpgan = cpu
 device_esrgan = cpu
 device_codeformer = cpu
-dtype = torch.float32
-dtype_vae = torch.float32
-dtype_unet = torch.float32
-dtype_inference = torch.float32
-unet_needs_upcast = False
+dtype = dtype_vae = dtype_unet = dtype_inference = torch.float32
+unet_needs_upcast: bool = False
 
 
 def get_optimal_device() -> torch.device:
@@ -38,13 +35,16 @@ def cond_cast_float(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if unet_needs_upcast else tensor
 
 
+_no_op = contextlib.nullcontext
+
+
 def autocast(disable: bool = False) -> contextlib.AbstractContextManager:
     """Float32 everywhere: autocast is a no-op context."""
-    return contextlib.nullcontext()
+    return _no_op()
 
 
 def without_autocast(disable: bool = False) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
+    return _no_op()
 
 
 def test_for_nans(x: torch.Tensor, where: str) -> None:

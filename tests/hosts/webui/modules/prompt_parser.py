@@ -22,8 +22,7 @@ class SdConditioning(list):
 
     def __init__(self, prompts, is_negative_prompt: bool = False, width: int | None = None,
                  height: int | None = None, copy_from: Any = None) -> None:
-        super().__init__()
-        self.extend(prompts)
+        super().__init__(prompts)
         source = copy_from if copy_from is not None else prompts
         self.is_negative_prompt = is_negative_prompt or getattr(source, "is_negative_prompt", False)
         self.width = width or getattr(source, "width", None)
@@ -34,8 +33,7 @@ class ComposableScheduledPromptConditioning:
     """One AND sub-prompt: its schedule and its weight."""
 
     def __init__(self, schedules: list[ScheduledPromptConditioning], weight: float = 1.0) -> None:
-        self.schedules = schedules
-        self.weight = weight
+        self.schedules, self.weight = schedules, weight
 
 
 class MulticondLearnedConditioning:
@@ -55,7 +53,7 @@ class DictWithShape(dict):
 
     @property
     def shape(self) -> torch.Size:
-        return self["crossattn"].shape
+        return self.get("crossattn").shape
 
 
 _AND = re.compile(r"\bAND\b")
@@ -75,9 +73,9 @@ def get_multicond_prompt_list(prompts: list[str]) -> tuple[list[list[tuple[int, 
     flat: list[str] = []
     where: dict[str, int] = {}
     per_prompt = []
-    for prompt in prompts:
+    for full_prompt in prompts:
         entries = []
-        for part in _AND.split(prompt):
+        for part in _AND.split(full_prompt):
             text, weight = _split_weight(part)
             if text not in where:
                 where[text] = len(flat)

@@ -31,7 +31,7 @@ class ImageRNG:
         self.subseeds = list(subseeds or [])
         self.subseed_strength = float(subseed_strength or 0.0)
         self.streams = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
-        self.is_first = True
+        self._fresh = True
 
     def first(self) -> torch.Tensor:
         rows = []
@@ -44,7 +44,7 @@ class ImageRNG:
         return torch.stack(rows)
 
     def next(self) -> torch.Tensor:
-        if self.is_first:
-            self.is_first = False
+        if self._fresh:
+            self._fresh = False
             return self.first()
         return torch.stack([torch.randn(self.shape, generator=gen) for gen in self.streams])

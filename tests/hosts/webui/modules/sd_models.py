@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -43,12 +44,11 @@ class CheckpointInfo:
         self.metadata: dict[str, Any] = {}
 
     def register(self) -> None:
-        checkpoints_list[self.title] = self
-        for alias in self.ids:
-            checkpoint_aliases[alias] = self
+        checkpoints_list.update({self.title: self})
+        checkpoint_aliases.update(dict.fromkeys(self.ids, self))
 
     def calculate_shorthash(self) -> str:
-        return self.shorthash
+        return self.hash[:10]
 
 
 def register_checkpoint(name: str, family: str, *, seed: int = 0, model_channels: int = 32) -> CheckpointInfo:
@@ -68,7 +68,7 @@ def list_models() -> None:
 
 def get_closet_checkpoint_match(search_string: str | None) -> CheckpointInfo | None:
     """By alias or title, else the first title containing the string (the host's spelling, 'closet')."""
-    if not search_string:
+    if search_string in (None, ""):
         return None
     if search_string in checkpoint_aliases:
         return checkpoint_aliases[search_string]
@@ -89,18 +89,14 @@ def select_checkpoint() -> CheckpointInfo:
 
 
 class SkipWritingToConfig:
-    """Context manager: the model switch inside does not change opts.sd_model_checkpoint (nothing to skip
-    in the double: reload_model_weights never writes the option)."""
-
-    skip = False
+    """Context manager: a model switch inside it leaves opts.sd_model_checkpoint alone. In the double
+    reload_model_weights never writes the option, so there is nothing to switch off."""
 
     def __enter__(self) -> SkipWritingToConfig:
-        self.previous = SkipWritingToConfig.skip
-        SkipWritingToConfig.skip = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        SkipWritingToConfig.skip = self.previous
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,9 +163,7 @@ class DoubleSdModel(torch.nn.Module):
         self.is_sdxl_inpaint = False
         self.is_ssd = False
         self.model = UNetWrapper(unet, self.is_sdxl)
-        self.cond_stage_key = "txt"
-        self.parameterization = "eps"
-        self.latent_channels = 4
+        self.__dict__.update(cond_stage_key="txt", parameterization="eps", latent_channels=4)
         self.register_buffer("alphas_cumprod", _noise_schedule(), persistent=False)
         self.encoder = FakeTextEncoder(family, unet.context_dim, unet.adm_in_channels)
         if self.is_sdxl:

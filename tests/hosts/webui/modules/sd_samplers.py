@@ -27,18 +27,15 @@ def find_sampler_config(name: str | None) -> sd_samplers_common.SamplerData:
 
 
 def create_sampler(name: str | None, model: Any) -> sd_samplers_common.Sampler:
-    config = find_sampler_config(name)
-    sampler = config.constructor(model)
-    sampler.config = config
-    return sampler
+    data = find_sampler_config(name)
+    made = data.constructor(model)
+    made.config = data
+    return made
 
 
 def set_samplers() -> None:
-    samplers_map.clear()
-    for data in all_samplers:
-        samplers_map[data.name.lower()] = data.name
-        for alias in data.aliases:
-            samplers_map[alias.lower()] = data.name
+    names = {alias.lower(): data.name for data in all_samplers for alias in (data.name, *data.aliases)}
+    samplers_map.update(names)
 
 
 def visible_sampler_names() -> list[str]:

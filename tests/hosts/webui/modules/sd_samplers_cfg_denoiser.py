@@ -23,7 +23,7 @@ def catenate_conds(conds: list[Any]) -> Any:
     """Concatenate cond batches row-wise (tensors, or SDXL dicts key by key)."""
     if isinstance(conds[0], dict):
         return prompt_parser.DictWithShape({key: torch.cat([c[key] for c in conds]) for key in conds[0]})
-    return torch.cat(conds)
+    return torch.cat(conds, dim=0)
 
 
 def subscript_cond(cond: Any, a: int, b: int) -> Any:
@@ -37,6 +37,14 @@ def _token_count(cond: Any) -> int:
     return cond.shape[1]
 
 
+_INITIAL_STATE: dict[str, Any] = dict(
+    model_wrap=None, p=None, mask=None, nmask=None, init_latent=None, steps=None, total_steps=None, step=0,
+    image_cfg_scale=None, padded_cond_uncond=False, padded_cond_uncond_v0=False, cond_scale_miltiplier=1.0,
+    need_last_noise_uncond=False, last_noise_uncond=None, mask_before_denoising=False,
+)
+"""The denoiser's fields (hosts.md 2.4) before Sampler.initialize(p) fills them in."""
+
+
 class CFGDenoiser(torch.nn.Module):
     """Wraps the sampler's model: one call evaluates every cond row and the uncond rows, then combines.
 
@@ -45,26 +53,12 @@ class CFGDenoiser(torch.nn.Module):
 
     def __init__(self, sampler: Any) -> None:
         super().__init__()
-        self.sampler = sampler
-        self.model_wrap = None
-        self.p: Any = None
-        self.mask = None
-        self.nmask = None
-        self.init_latent = None
-        self.steps: int | None = None
-        self.total_steps: int | None = None
-        self.step = 0
-        self.image_cfg_scale = None
-        self.padded_cond_uncond = False
-        self.padded_cond_uncond_v0 = False
-        self.cond_scale_miltiplier = 1.0
-        self.need_last_noise_uncond = False
-        self.last_noise_uncond = None
-        self.mask_before_denoising = False
+        for name, value in {**_INITIAL_STATE, "sampler": sampler}.items():
+            setattr(self, name, getattr(type(self), name, value))  # a subclass may preset a field
 
     @property
     def inner_model(self) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError("the sampler family's denoiser provides the model wrapper")
 
     def combine_denoised(self, x_out: torch.Tensor, conds_list: list[list[tuple[int, float]]], uncond: Any,
                          cond_scale: float) -> torch.Tensor:
@@ -136,15 +130,16 @@ class CFGDenoiser(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond: Any, cond: Any, cond_scale: float,
                 s_min_uncond: float, image_cond: torch.Tensor) -> torch.Tensor:
         state = shared.state
-        if state.interrupted or state.skipped:
-            raise sd_samplers_common.InterruptedException
-        if sd_samplers_common.apply_refiner(self, sigma):
-            cond = self.sampler.sampler_extra_args["cond"]
-            uncond = self.sampler.sampler_extra_args["uncond"]
+        if any((state.interrupted, state.skipped)):
+            raise sd_samplers_common.InterruptedException()
+        switched = sd_samplers_common.apply_refiner(self, sigma)
+        if switched:  # the refiner's own conds
+            cond, uncond = (self.sampler.sampler_extra_args[key] for key in ("cond", "uncond"))
 
         conds_list, text = prompt_parser.reconstruct_multicond_batch(cond, self.step)
-        uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
-        if self.mask_before_denoising and self.mask is not None:
+        uncond_rows = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+        blend_input = self.mask is not None and self.mask_before_denoising
+        if blend_input:
             x = self._blend(x)
 
         n_images = len(conds_list)
@@ -153,7 +148,7 @@ class CFGDenoiser(torch.nn.Module):
         x_in, sigma_in, image_cond_in = x[order], sigma[order], image_cond[order]
 
         before = CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps,
-                                   text, uncond, self)
+                                   text, uncond_rows, self)
         cfg_denoiser_callback(before)
         x_in, image_cond_in, sigma_in = before.x, before.image_cond, before.sigma
         text, uncond = before.text_cond, before.text_uncond
@@ -167,12 +162,11 @@ class CFGDenoiser(torch.nn.Module):
             x_out = torch.cat([x_out, x_out[firsts]])
 
         cfg_denoised_callback(CFGDenoisedParams(x_out, state.sampling_step, state.sampling_steps, self.inner_model))
-        if self.need_last_noise_uncond:
-            self.last_noise_uncond = x_out[-n_images:].clone()
+        self.last_noise_uncond = x_out[-n_images:].clone() if self.need_last_noise_uncond else None
 
         scale = 1.0 if skip else cond_scale * self.cond_scale_miltiplier
         denoised = self.combine_denoised(x_out, conds_list, uncond, scale)
-        if not self.mask_before_denoising and self.mask is not None:
+        if self.mask is not None and not self.mask_before_denoising:
             denoised = self._blend(denoised)
         if self.sampler is not None:
             self.sampler.last_latent = self.get_pred_x0(x, x_out[firsts], sigma)

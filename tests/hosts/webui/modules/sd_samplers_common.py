@@ -5,7 +5,8 @@ switch. Leaves out previews, latent decoding, torchsde and eta/ENSD bookkeeping.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -81,18 +82,9 @@ class Sampler:
     `last_latent`, `initialize(p)` and `launch_sampling`."""
 
     def __init__(self, funcname: str) -> None:
-        self.funcname = funcname
-        self.func = None
-        self.model_wrap: Any = None
-        self.model_wrap_cfg: Any = None
-        self.sampler_extra_args: dict[str, Any] = {}
-        self.last_latent: torch.Tensor | None = None
-        self.config: SamplerData | None = None
-        self.p: Any = None
-        self.eta = None
-        self.s_min_uncond = 0.0
-        self.stop_at: int | None = None
-        self.conditioning_key = "crossattn"
+        self.__dict__.update(funcname=funcname, func=None, model_wrap=None, model_wrap_cfg=None, sampler_extra_args={},
+                             last_latent=None, config=None, p=None, eta=None, s_min_uncond=0.0, stop_at=None,
+                             conditioning_key="crossattn")
 
     def callback_state(self, d: dict) -> None:
         """Per-step callback: progress and the live latent."""
@@ -101,12 +93,12 @@ class Sampler:
 
     def launch_sampling(self, steps: int, func: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run `func`; an interrupt (InterruptedException) ends it early with the last latent."""
-        shared.state.sampling_steps = steps
-        shared.state.sampling_step = 0
+        shared.state.sampling_steps, shared.state.sampling_step = steps, 0
         try:
-            return func()
-        except InterruptedException:
-            return self.last_latent
+            result = func()
+        except InterruptedException:  # interrupted or skipped: keep what was sampled so far
+            result = self.last_latent
+        return result
 
     def number_of_needed_noises(self, p: Any) -> int:
         return p.steps
@@ -125,12 +117,28 @@ class Sampler:
         self.eta = p.eta
         return {}
 
+    def _launch(self, p: Any, start: torch.Tensor, schedule: torch.Tensor, conditioning: Any,
+                unconditional_conditioning: Any, image_conditioning: Any, calls: int, **func_kwargs: Any) -> torch.Tensor:
+        """Prepare the denoiser for one pass of `calls` model calls and run `self.func` over `schedule`."""
+        self.initialize(p)
+        denoiser = self.model_wrap_cfg
+        denoiser.steps, denoiser.total_steps = p.steps, calls
+        self.last_latent = start.clone()
+        self.sampler_extra_args = dict(cond=conditioning, image_cond=image_conditioning, uncond=unconditional_conditioning,
+                                       cond_scale=p.cfg_scale, s_min_uncond=self.s_min_uncond)
+
+        def run() -> torch.Tensor:
+            return self.func(denoiser, start, schedule, extra_args=self.sampler_extra_args,
+                             callback=self.callback_state, **func_kwargs)
+
+        return self.launch_sampling(len(schedule) - 1, run)
+
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
-        raise NotImplementedError
+        raise NotImplementedError("txt2img sampling is up to the sampler family")
 
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
-        raise NotImplementedError
+        raise NotImplementedError("img2img sampling is up to the sampler family")
 
     def add_infotext(self, p: Any) -> None:
         """The double's samplers add nothing to the infotext."""

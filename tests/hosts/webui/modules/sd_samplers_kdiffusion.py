@@ -4,6 +4,7 @@ Leaves out k-diffusion itself, other samplers, schedulers (Karras, ...) and samp
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -24,11 +25,11 @@ class CompVisDenoiser(torch.nn.Module):
 
     @property
     def sigma_min(self) -> torch.Tensor:
-        return self.sigmas[0]
+        return self.sigmas.min()
 
     @property
     def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
+        return self.sigmas.max()
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep for sigma: linear interpolation in log-sigma between table entries."""
@@ -59,44 +60,43 @@ class CompVisDenoiser(torch.nn.Module):
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self) -> CompVisDenoiser:
-        if self.model_wrap is None:
-            self.model_wrap = CompVisDenoiser(shared.sd_model)
-        return self.model_wrap
+        wrapper = self.model_wrap
+        if wrapper is None:  # first use, or after a model switch
+            wrapper = self.model_wrap = CompVisDenoiser(shared.sd_model)
+        return wrapper
 
 
-def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    return (x - denoised) / sigma
+def _steps(sigmas: torch.Tensor):
+    return enumerate(itertools.pairwise(sigmas))
 
 
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
     """Plain Euler: one model call per step."""
-    extra_args = extra_args or {}
     ones = x.new_ones(x.shape[0])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * ones, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    for i, (s_now, s_next) in _steps(sigmas):
+        denoised = model(x, s_now * ones, **(extra_args or {}))
+        if callback:
+            callback({"x": x, "i": i, "sigma": s_now, "sigma_hat": s_now, "denoised": denoised})
+        slope = (x - denoised).div(s_now)
+        x = x + slope * (s_next - s_now)
     return x
 
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                            noise_sampler=None, **_):
-    """Euler with fresh noise each step (eta 1)."""
-    extra_args = extra_args or {}
+    """Euler to a lower sigma, then fresh noise back up to the next sigma (eta 1)."""
     ones = x.new_ones(x.shape[0])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * ones, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        s_from, s_to = sigmas[i], sigmas[i + 1]
-        up = (eta * (s_to ** 2 * (s_from ** 2 - s_to ** 2) / s_from ** 2) ** 0.5).clamp(max=s_to)
-        down = (s_to ** 2 - up ** 2) ** 0.5
-        x = x + _to_d(x, s_from, denoised) * (down - s_from)
-        if s_to > 0:
-            x = x + noise_sampler(s_from, s_to) * up
+    for i, (s_now, s_next) in _steps(sigmas):
+        denoised = model(x, s_now * ones, **(extra_args or {}))
+        if callback:
+            callback({"x": x, "i": i, "sigma": s_now, "sigma_hat": s_now, "denoised": denoised})
+        up = (eta * (s_next ** 2 * (s_now ** 2 - s_next ** 2) / s_now ** 2) ** 0.5).clamp(max=s_next)
+        down = (s_next ** 2 - up ** 2) ** 0.5
+        x = x + (x - denoised).div(s_now) * (down - s_now)
+        if s_next > 0:
+            x = x + noise_sampler(s_now, s_next) * up
     return x
 
 
@@ -107,44 +107,33 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
     def __init__(self, funcname: str, sd_model: Any, options: dict | None = None) -> None:
         super().__init__(funcname)
         self.func = _FUNCTIONS[funcname]
-        self.options = options or {}
-        self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
-        self.model_wrap = self.model_wrap_cfg.inner_model
+        self.options = dict(options or {})
+        self.model_wrap_cfg = denoiser = CFGDenoiserKDiffusion(self)
+        self.model_wrap = denoiser.inner_model
 
     def get_sigmas(self, p: Any, steps: int) -> torch.Tensor:
         return self.model_wrap_cfg.inner_model.get_sigmas(steps)
 
     def _noise_sampler(self, p: Any):
-        return lambda sigma, sigma_next: p.rng.next() if p.rng is not None else torch.randn_like(self.last_latent)
-
-    def _run(self, p, x, sigmas, conditioning, unconditional_conditioning, image_conditioning, calls):
-        self.initialize(p)
-        self.model_wrap_cfg.steps = p.steps
-        self.model_wrap_cfg.total_steps = calls
-        self.last_latent = x
-        self.sampler_extra_args = {
-            "cond": conditioning, "image_cond": image_conditioning, "uncond": unconditional_conditioning,
-            "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond,
-        }
-        return self.launch_sampling(len(sigmas) - 1, lambda: self.func(
-            self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args, callback=self.callback_state,
-            noise_sampler=self._noise_sampler(p)))
+        return lambda sigma, sigma_next: p.rng.next()
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
-        steps = steps or p.steps
-        sigmas = self.get_sigmas(p, steps)
-        return self._run(p, x * sigmas[0], sigmas, conditioning, unconditional_conditioning, image_conditioning,
-                         self.config.total_steps(steps))
+        """From pure noise `x` (unit variance) over the whole schedule."""
+        count = steps or p.steps
+        schedule = self.get_sigmas(p, count)
+        return self._launch(p, x * schedule[0], schedule, conditioning, unconditional_conditioning,
+                            image_conditioning, self.config.total_steps(count), noise_sampler=self._noise_sampler(p))
 
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
+        """From `x` noised to the schedule's sigma at t_enc, over the last t_enc + 1 steps."""
         length, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
-        sigmas = self.get_sigmas(p, length)[length - t_enc - 1:]
-        start = x + noise * sigmas[0]
-        return self._run(p, start, sigmas, conditioning, unconditional_conditioning, image_conditioning, t_enc + 1)
+        schedule = self.get_sigmas(p, length)[length - t_enc - 1:]
+        return self._launch(p, x + noise * schedule[0], schedule, conditioning, unconditional_conditioning,
+                            image_conditioning, t_enc + 1, noise_sampler=self._noise_sampler(p))
 
 
-samplers_k_diffusion = [
+samplers_k_diffusion: list[tuple[str, str, list[str], dict[str, Any]]] = [
     ("Euler", "sample_euler", ["k_euler"], {}),
     ("Euler a", "sample_euler_ancestral", ["k_euler_a"], {"uses_ensd": True}),
 ]
@@ -154,8 +143,8 @@ def _constructor(funcname: str, options: dict):
     return lambda model: KDiffusionSampler(funcname, model, options)
 
 
-samplers_data_k_diffusion = [
-    sd_samplers_common.SamplerData(label, _constructor(funcname, options), aliases, options)
-    for label, funcname, aliases, options in samplers_k_diffusion
+samplers_data_k_diffusion: list[sd_samplers_common.SamplerData] = [
+    sd_samplers_common.SamplerData(label, _constructor(func, opts), names, opts)
+    for label, func, names, opts in samplers_k_diffusion
 ]
 k_diffusion_samplers_map = {data.name: data for data in samplers_data_k_diffusion}

@@ -11,7 +11,7 @@ current_unet: Any = None
 
 
 def list_unets() -> None:
-    unet_options.clear()
+    unet_options[:] = []
 
 
 def get_unet_option(option: str | None = None) -> Any:

@@ -28,7 +28,7 @@ def apply_single_hypernetwork(hypernetwork: Any, context_k: torch.Tensor, contex
     """Add the hypernetwork's k/v offsets for this width (scaled by its multiplier); other widths pass."""
     pair = hypernetwork.layers.get(context_k.shape[2])
     if pair is None:
-        return context_k, context_v
+        return (context_k, context_v)
     to_k, to_v = pair
     m = getattr(hypernetwork, "multiplier", 1.0)
     return context_k + to_k(context_k) * m, context_v + to_v(context_v) * m

@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-
 from modules import scripts, sd_models
 from modules.ui_components import InputAccordion
 
 
 class ScriptRefiner(scripts.ScriptBuiltinUI):
     section = "accordions"
-    create_group = False
 
     def title(self) -> str:
         return "Refiner"
@@ -33,5 +31,4 @@ class ScriptRefiner(scripts.ScriptBuiltinUI):
     def setup(self, p: Any, enable_refiner: bool, refiner_checkpoint: str, refiner_switch_at: float) -> None:
         """Only when enabled with a checkpoint chosen; processing resolves the name when the job starts."""
         if enable_refiner and refiner_checkpoint not in (None, "", "None"):
-            p.refiner_checkpoint = refiner_checkpoint
-            p.refiner_switch_at = refiner_switch_at
+            p.refiner_checkpoint, p.refiner_switch_at = refiner_checkpoint, refiner_switch_at

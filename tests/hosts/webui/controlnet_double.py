@@ -1,10 +1,12 @@
-"""Test double of the sd-webui-controlnet extension's UNet hook (scripts/hook.py) written for these tests,
-modelled on hosts.md section 5: cond/uncond marking of the prompt conds, an instance-level UNet forward for
-the job, a guidance-window callback, and two kinds of unit. A "plain" unit adds a control computed from
-the current call (broadcast hint; `cfg_injection` limits it to cond rows); a "reference" unit caches its
-hint latent at the first call's batch size and re-runs a write pass in every call, so a later call with
-another batch size fails with torch's "Sizes of tensors must match". Real control networks, preprocessors,
-IP-Adapter, Revision and inpaint hijacks are left out."""
+"""Test double of sd-webui-controlnet's UNet hook (scripts/hook.py) for these tests; no real control nets.
+
+Modelled on hosts.md section 5: cond/uncond marking of the prompt conds, an instance-level UNet forward
+for the job, a guidance-window callback, and two kinds of unit. A "plain" unit adds a control computed
+from the current call (broadcast hint; `cfg_injection` limits it to cond rows); a "reference" unit caches
+its hint latent at the first call's batch size and re-runs a write pass in every call, so a later call
+with another batch size fails with torch's "Sizes of tensors must match". Preprocessors, IP-Adapter,
+Revision and the inpaint hijacks are left out.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Test double of modules.devices written for these tests: CPU and float32 only; no autocast, no
-half precision, no NaN checks."""
+"""Test double of modules.devices for these tests; CPU and float32 only, no autocast or NaN checks."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Test double of modules.processing written for these tests: the processing objects, the
-process_images call order of hosts.md section 1.2, Hires. fix (latent upscale), img2img with a mask,
-infotext and Processed. Images are latents (no VAE decode/encode); leaves out styles, extra networks,
-face restoration, tiling, color correction, saving, grids, token merging and prompt-editing caches."""
+"""Test double of modules.processing for these tests; images are latents and there is no VAE.
+
+The processing objects, the process_images call order of hosts.md section 1.2, Hires. fix (latent
+upscale), img2img with a mask, infotext and Processed. Leaves out styles, extra networks, face
+restoration, tiling, color correction, saving, grids, token merging and prompt-editing caches.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Test double of modules.prompt_parser written for these tests: AND sub-prompts with ':weight' suffixes
-and the conditioning containers the CFG denoiser reads. Leaves out prompt editing ([a:b:step]),
-alternation and emphasis parsing: every prompt has one schedule entry that lasts the whole pass."""
+"""Test double of modules.prompt_parser for these tests; no prompt editing, alternation or emphasis.
+
+AND sub-prompts with ':weight' suffixes and the conditioning containers the CFG denoiser reads; every
+prompt has one schedule entry that lasts the whole pass.
+"""
 
 from __future__ import annotations
 

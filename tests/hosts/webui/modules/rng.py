@@ -1,5 +1,4 @@
-"""Test double of modules.rng written for these tests: per-image CPU generators only (no variation
-seeds blending beyond a linear mix, no seed resize, no GPU/NV sources)."""
+"""Test double of modules.rng for these tests; per-image CPU generators, no seed resize or GPU sources."""
 
 from __future__ import annotations
 

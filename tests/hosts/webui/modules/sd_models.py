@@ -1,7 +1,9 @@
-"""Test double of modules.sd_models written for these tests: checkpoints are registered in memory
-(`register_checkpoint(name, family, seed=, model_channels=)`) and loaded as a small real UNet from
-tests/unets.py inside a stand-in LatentDiffusion/DiffusionEngine. No files, no VAE, no real text
-encoder (a deterministic hash-seeded fake), eps-prediction for every family, no fp8/half/lowvram."""
+"""Test double of modules.sd_models for these tests; no files, VAE, real text encoder or fp16.
+
+Checkpoints are registered in memory (`register_checkpoint(name, family, seed=, model_channels=)`) and
+loaded as a small real UNet from tests/unets.py inside a stand-in LatentDiffusion/DiffusionEngine; the
+text encoder is a deterministic hash-seeded fake and every family predicts eps.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Test double of modules.sd_samplers written for these tests: the sampler registry (Euler, Euler a,
-DDIM) and create_sampler. Leaves out schedulers and the hidden-sampler settings."""
+"""Test double of modules.sd_samplers for these tests; Euler, Euler a and DDIM only, no schedulers."""
 
 from __future__ import annotations
 

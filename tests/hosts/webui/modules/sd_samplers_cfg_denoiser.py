@@ -1,6 +1,8 @@
-"""Test double of modules.sd_samplers_cfg_denoiser written for these tests: the CFG denoiser's batch
-layout, callback order and combine step as hosts.md section 2.3 documents them. Leaves out edit
-(instruct-pix2pix) and unCLIP models, cond padding (pad_cond_uncond), live previews and on_mask_blend."""
+"""Test double of modules.sd_samplers_cfg_denoiser for these tests; no edit/unCLIP models.
+
+The CFG denoiser's batch layout, callback order and combine step as hosts.md section 2.3 documents
+them. Cond padding (pad_cond_uncond), live previews and on_mask_blend are left out too.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Test double of modules.sd_samplers_common written for these tests: the sampler base (initialize,
-launch_sampling catching InterruptedException), SamplerData, img2img step arithmetic and the refiner
-switch. Leaves out previews, latent decoding, torchsde and eta/ENSD bookkeeping."""
+"""Test double of modules.sd_samplers_common for these tests; no previews, decoding or torchsde.
+
+The sampler base (initialize, launch_sampling catching InterruptedException), SamplerData, img2img step
+arithmetic and the refiner switch (by call count).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Test double of modules.sd_samplers_kdiffusion written for these tests: Euler and Euler a on the
-default (uniform-in-timestep) sigma schedule, with a CompVisDenoiser-like x0 wrapper of the model.
-Leaves out k-diffusion itself, other samplers, schedulers (Karras, ...) and sampler options."""
+"""Test double of modules.sd_samplers_kdiffusion for these tests; Euler and Euler a only.
+
+The default (uniform-in-timestep) sigma schedule and a CompVisDenoiser-like x0 wrapper of the model.
+Leaves out k-diffusion itself, other samplers, schedulers (Karras, ...) and sampler options.
+"""
 
 from __future__ import annotations
 

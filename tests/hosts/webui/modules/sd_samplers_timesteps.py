@@ -1,6 +1,8 @@
-"""Test double of modules.sd_samplers_timesteps written for these tests: DDIM (eta 0) on uniformly
-spaced timesteps. The model returns eps and the denoiser's `sigma` argument is a timestep; the inpainting
-blend happens on the input (mask_before_denoising). Leaves out PLMS, UniPC, DDIM CFG++ and v-models."""
+"""Test double of modules.sd_samplers_timesteps for these tests; DDIM (eta 0) only.
+
+The model returns eps and the denoiser's `sigma` argument is a timestep; the inpainting blend happens on
+the input (mask_before_denoising). Leaves out PLMS, UniPC, DDIM CFG++ and v-models.
+"""
 
 from __future__ import annotations
 

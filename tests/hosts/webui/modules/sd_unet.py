@@ -1,5 +1,7 @@
-"""Test double of modules.sd_unet written for these tests: no alternative UNets are offered; a test sets
-`current_unet` to pretend one (e.g. TensorRT) is active."""
+"""Test double of modules.sd_unet for these tests; no alternative UNets are offered.
+
+A test sets `current_unet` to pretend one (e.g. TensorRT) is active.
+"""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Test double of the modules.hypernetworks package (see hypernetwork.py)."""
+"""Test double of the modules.hypernetworks package for these tests (see hypernetwork.py)."""

@@ -1,6 +1,8 @@
-"""Test double of modules.hypernetworks.hypernetwork written for these tests: a hypernetwork is any object
-with `layers` mapping a context width to a (k, v) pair of callables and a `multiplier`; no loading,
-saving or training."""
+"""Test double of modules.hypernetworks.hypernetwork for these tests; no loading, saving or training.
+
+A hypernetwork is any object with `layers` mapping a context width to a (k, v) pair of callables and a
+`multiplier`.
+"""
 
 from __future__ import annotations
 

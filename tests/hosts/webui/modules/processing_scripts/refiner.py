@@ -1,6 +1,8 @@
-"""Test double of modules/processing_scripts/refiner.py written for these tests: the built-in "Refiner"
-accordion (args: enable, checkpoint, switch_at) that hands the refiner checkpoint and the switch point
-to the job. Leaves out the infotext paste fields."""
+"""Test double of the built-in modules/processing_scripts/refiner.py for these tests; no paste fields.
+
+The "Refiner" accordion (args: enable, checkpoint, switch_at) hands the refiner checkpoint and the switch
+point to the job.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Test double of sd-webui-controlnet's scripts/controlnet.py written for these tests: an AlwaysVisible
-script without UI that hooks the UNet in process() for jobs with `p.controlnet_units` (set by the driver)
-and restores it in postprocess(). Everything else of the extension is left out."""
+"""Test double of sd-webui-controlnet's scripts/controlnet.py for these tests; only the UNet hook part.
+
+An AlwaysVisible script without UI that hooks the UNet in process() for jobs with `p.controlnet_units`
+(set by the driver) and restores it in postprocess().
+"""
 
 from __future__ import annotations
 

@@ -58,9 +58,16 @@ class CFGDenoiser(torch.nn.Module):
         for name, value in {**_INITIAL_STATE, "sampler": sampler}.items():
             setattr(self, name, getattr(type(self), name, value))  # a subclass may preset a field
 
+    wrapper_class: Any = None
+    """The sampler family's model wrapper (x0 or eps); its subclass sets it (the host has a property per subclass)."""
+
     @property
     def inner_model(self) -> Any:
-        raise NotImplementedError("the sampler family's denoiser provides the model wrapper")
+        if self.wrapper_class is None:
+            raise NotImplementedError("the sampler family's denoiser provides the model wrapper")
+        if self.model_wrap is None:  # first use, or after a model switch
+            self.model_wrap = self.wrapper_class(shared.sd_model)
+        return self.model_wrap
 
     def combine_denoised(self, x_out: torch.Tensor, conds_list: list[list[tuple[int, float]]], uncond: Any,
                          cond_scale: float) -> torch.Tensor:

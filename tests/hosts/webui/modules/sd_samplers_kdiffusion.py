@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
+from modules import sd_samplers_cfg_denoiser, sd_samplers_common
 
 
 class CompVisDenoiser(torch.nn.Module):
@@ -60,12 +60,7 @@ class CompVisDenoiser(torch.nn.Module):
 
 
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
-    @property
-    def inner_model(self) -> CompVisDenoiser:
-        wrapper = self.model_wrap
-        if wrapper is None:  # first use, or after a model switch
-            wrapper = self.model_wrap = CompVisDenoiser(shared.sd_model)
-        return wrapper
+    wrapper_class = CompVisDenoiser
 
 
 def _steps(sigmas: torch.Tensor):

@@ -34,12 +34,7 @@ class CFGDenoiserTimesteps(sd_samplers_cfg_denoiser.CFGDenoiser):
         a = shared.sd_model.alphas_cumprod[sigma.long()].reshape(-1, *([1] * (x_in.dim() - 1)))
         return (x_in - (1 - a).sqrt() * x_out) / a.sqrt()
 
-    @property
-    def inner_model(self) -> CompVisTimestepsDenoiser:
-        wrapper = self.model_wrap
-        if wrapper is None:  # first use, or after a model switch
-            wrapper = self.model_wrap = CompVisTimestepsDenoiser(shared.sd_model)
-        return wrapper
+    wrapper_class = CompVisTimestepsDenoiser
 
 
 @torch.no_grad()

@@ -21,6 +21,14 @@ class AbstractPrediction(torch.nn.Module):
         super().__init__()
         self.sigma_data, self.prediction_type = sigma_data, prediction_type
 
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas.min()
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas.max()
+
     def _flow(self) -> bool:
         return self.prediction_type == "const"
 
@@ -70,14 +78,6 @@ class Prediction(AbstractPrediction):
         self.register_buffer("sigmas", sigmas.float(), persistent=False)
         self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
 
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas.min()
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas.max()
-
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (fractional) schedule index whose log-sigma is nearest below/above ``sigma``, interpolated."""
         logs = torch.as_tensor(sigma, dtype=torch.float32).log().clamp(self.log_sigmas[0], self.log_sigmas[-1])
@@ -112,14 +112,6 @@ class PredictionDiscreteFlow(AbstractPrediction):
         self.multiplier = timesteps
         grid = torch.arange(1, timesteps + 1, dtype=torch.float32)
         self.register_buffer("sigmas", self.sigma(grid), persistent=False)
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas.min()
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas.max()
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(sigma, dtype=torch.float32) * self.multiplier

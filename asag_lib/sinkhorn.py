@@ -182,6 +182,13 @@ _MIN_BLOCK_ROWS = 256
 _DENSE_MAX_HEAD_BYTES = 8 * 2**20
 
 
+def _shifted_exp2_(s: Tensor) -> tuple[Tensor, Tensor]:
+    """In place s ← 2^(s − rowmax); returns (rowmax, rowsum), so log2-sum-exp2 = rowmax + log2(rowsum)."""
+    m = s.amax(dim=-1, keepdim=True)
+    s.sub_(m).exp2_()
+    return m, s.sum(dim=-1, keepdim=True)
+
+
 class _ScoreEngine:
     """Pure torch. keep_scores=False ("chunked"): recompute scores by blocks of rows in every pass, O(block)
     extra memory. keep_scores=True ("dense"): compute the group's scores once and reuse them."""
@@ -212,9 +219,7 @@ class _ScoreEngine:
                 s = torch.baddbmm(bias, q2[:, r0:r1], kt)
             else:
                 s = (self.s2[:, r0:r1] if sel is None else self.s2[sel, r0:r1]) + bias
-            m = s.amax(dim=-1, keepdim=True)
-            s.sub_(m).exp2_()
-            z = s.sum(dim=-1, keepdim=True)
+            m, z = _shifted_exp2_(s)
             lse[:, r0:r1] = (m + z.log2()).squeeze(-1)
             inv_z = z.reciprocal_()
             if col is not None:
@@ -237,8 +242,8 @@ class _ScoreEngine:
                 s = torch.baddbmm(bias, k[:, c0:c1], q2t)
             else:
                 s = (self.s2[:, :, c0:c1] if sel is None else self.s2[sel, :, c0:c1]).transpose(1, 2) + bias
-            m = s.amax(dim=-1, keepdim=True)
-            lse[:, c0:c1] = (m + s.sub_(m).exp2_().sum(dim=-1, keepdim=True).log2()).squeeze(-1)
+            m, z = _shifted_exp2_(s)
+            lse[:, c0:c1] = (m + z.log2()).squeeze(-1)
         return lse
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from modules import devices, shared
+from tests.hosts.discrete_schedule import linear_alphas_cumprod
 
 build_unet: Callable[..., torch.nn.Module] | None = None
 """Set by the driver to tests.unets.build_unet (it builds the scaled-down real UNet)."""
@@ -105,12 +106,6 @@ class SkipWritingToConfig:
 # the model object
 
 
-def _noise_schedule() -> torch.Tensor:
-    """SD's 'scaled linear' betas over 1000 steps, as cumulative alphas."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).float()
-
-
 def _text_seed(text: str, salt: str) -> int:
     return zlib.crc32(f"{salt}\x00{text}".encode())
 
@@ -166,7 +161,7 @@ class DoubleSdModel(torch.nn.Module):
         self.is_ssd = False
         self.model = UNetWrapper(unet, self.is_sdxl)
         self.__dict__.update(cond_stage_key="txt", parameterization="eps", latent_channels=4)
-        self.register_buffer("alphas_cumprod", _noise_schedule(), persistent=False)
+        self.register_buffer("alphas_cumprod", linear_alphas_cumprod().float(), persistent=False)
         self.encoder = FakeTextEncoder(family, unet.context_dim, unet.adm_in_channels)
         if self.is_sdxl:
             self.conditioner = self.encoder

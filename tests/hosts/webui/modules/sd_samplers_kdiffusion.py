@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from modules import sd_samplers_cfg_denoiser, sd_samplers_common
+from tests.hosts.discrete_schedule import SigmaRange, sigma_of, timestep_of
 
 
-class CompVisDenoiser(torch.nn.Module):
+class CompVisDenoiser(SigmaRange, torch.nn.Module):
     """x0 view of an eps model: `wrapper(x, sigma, cond=...)` scales the input, calls
     `inner_model.apply_model(x * c_in, t(sigma), cond)` and returns x - sigma * eps."""
 
@@ -25,28 +26,11 @@ class CompVisDenoiser(torch.nn.Module):
         self.register_buffer("sigmas", ((1 - alphas) / alphas) ** 0.5, persistent=False)
         self.register_buffer("log_sigmas", self.sigmas.log(), persistent=False)
 
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas.min()
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas.max()
-
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep for sigma: linear interpolation in log-sigma between table entries."""
-        table = self.log_sigmas
-        where = torch.searchsorted(table, sigma.log().clamp(table[0], table[-1]).contiguous())
-        hi = where.clamp(1, len(table) - 1)
-        lo = hi - 1
-        frac = (sigma.log() - table[lo]) / (table[hi] - table[lo])
-        return (lo + frac.clamp(0, 1)).to(sigma.dtype)
+        return timestep_of(self.log_sigmas, sigma)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        lo = t.floor().long().clamp(0, len(self.sigmas) - 1)
-        hi = (lo + 1).clamp(max=len(self.sigmas) - 1)
-        frac = t - lo
-        return (self.log_sigmas[lo] * (1 - frac) + self.log_sigmas[hi] * frac).exp()
+        return sigma_of(self.log_sigmas, t)
 
     def get_sigmas(self, n: int) -> torch.Tensor:
         """n sigmas from sigma_max down to sigma_min (uniform in t), then 0."""

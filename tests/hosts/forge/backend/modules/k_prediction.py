@@ -9,25 +9,17 @@ fraction of sampling done to a sigma: 0 → above every sigma, 1 → 0; for the 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from tests.hosts.discrete_schedule import SigmaRange, linear_alphas_cumprod, sigma_of, timestep_of
 
-class AbstractPrediction(torch.nn.Module):
+
+class AbstractPrediction(SigmaRange, torch.nn.Module):
     """Input scaling and denoised reconstruction shared by the predictors."""
 
     def __init__(self, sigma_data: float = 1.0, prediction_type: str = "epsilon"):
         super().__init__()
         self.sigma_data, self.prediction_type = sigma_data, prediction_type
-
-    @property
-    def sigma_min(self) -> torch.Tensor:
-        return self.sigmas.min()
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas.max()
 
     def _flow(self) -> bool:
         return self.prediction_type == "const"
@@ -69,9 +61,7 @@ class Prediction(AbstractPrediction):
         super().__init__(sigma_data, prediction_type)
         if beta_schedule != "linear":
             raise NotImplementedError(f"test double: only the linear beta schedule, not {beta_schedule!r}")
-        root_betas = torch.linspace(math.sqrt(linear_start), math.sqrt(linear_end), timesteps,
-                                    dtype=torch.float64)
-        alpha_bar = torch.cumprod(1.0 - root_betas ** 2, dim=0)
+        alpha_bar = linear_alphas_cumprod(linear_start, linear_end, timesteps)
         self.set_sigmas(((1.0 - alpha_bar) / alpha_bar).sqrt())
 
     def set_sigmas(self, sigmas: torch.Tensor) -> None:
@@ -79,19 +69,10 @@ class Prediction(AbstractPrediction):
         self.register_buffer("log_sigmas", sigmas.log().float(), persistent=False)
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The (fractional) schedule index whose log-sigma is nearest below/above ``sigma``, interpolated."""
-        logs = torch.as_tensor(sigma, dtype=torch.float32).log().clamp(self.log_sigmas[0], self.log_sigmas[-1])
-        upper = torch.searchsorted(self.log_sigmas, logs.reshape(-1)).clamp(1, len(self.log_sigmas) - 1)
-        lo_val, hi_val = self.log_sigmas[upper - 1], self.log_sigmas[upper]
-        frac = (logs.reshape(-1) - lo_val) / (hi_val - lo_val)
-        return (upper - 1 + frac).reshape(logs.shape)
+        return timestep_of(self.log_sigmas, sigma)
 
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(timestep, dtype=torch.float32).clamp(0, len(self.sigmas) - 1)
-        below = t.floor().long()
-        above = (below + 1).clamp(max=len(self.sigmas) - 1)
-        weight = t - below
-        return (self.log_sigmas[below] * (1 - weight) + self.log_sigmas[above] * weight).exp()
+        return sigma_of(self.log_sigmas, timestep)
 
     def percent_to_sigma(self, percent: float) -> float:
         if percent <= 0.0:

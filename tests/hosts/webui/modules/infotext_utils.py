@@ -113,7 +113,8 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     return result
 
 
-def _is_update(value: Any) -> bool:
+def is_update(value: Any) -> bool:
+    """Whether a paste target returned a gradio update dict instead of a plain value."""
     return isinstance(value, dict) and value.get("__type__") == "update"
 
 
@@ -144,7 +145,7 @@ def paste_values(fields: Iterable[Sequence[Any]], infotext: str) -> list[dict[st
         found = target(parsed) if callable(target) else parsed.get(target)
         if found is None:
             updates.append(gr.update())
-        elif _is_update(found):
+        elif is_update(found):
             updates.append(found)
         else:
             try:
@@ -152,11 +153,3 @@ def paste_values(fields: Iterable[Sequence[Any]], infotext: str) -> list[dict[st
             except (TypeError, ValueError):
                 updates.append(gr.update())
     return updates
-
-
-def send_to_fields(tabname: str, paste_field_names: Iterable[str]) -> list[Any]:
-    """The fields a "Send to <tab>" button copies: only those whose target is one of the given
-    infotext keys (callable targets and elem_ids never match)."""
-    wanted = set(paste_field_names)
-    return [f for f in paste_fields.get(tabname, {}).get("fields", [])
-            if isinstance(f[1], str) and f[1] in wanted]

@@ -209,9 +209,7 @@ class Script(scripts.Script):
     def run(self, p, x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown, z_type, z_values,
             z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds, vary_seeds_x,
             vary_seeds_y, vary_seeds_z, margin_size, csv_mode):
-        if no_fixed_seeds:
-            pass  # seeds stay -1: every cell draws its own
-        else:
+        if not no_fixed_seeds:  # otherwise seeds stay -1 and every cell draws its own
             processing.fix_seed(p=p)
         if not shared.opts.return_grid:
             p.batch_size = 1

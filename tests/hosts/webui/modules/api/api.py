@@ -90,7 +90,7 @@ class Api:
         for field in infotext_utils.paste_fields.get(tabname, {}).get("fields", []):
             component, target = field[0], field[1]
             found = target(parsed) if callable(target) else parsed.get(target)
-            if isinstance(found, dict) and found.get("__type__") == "update":
+            if infotext_utils.is_update(found):
                 found = found.get("value")
             if found is None:
                 continue

@@ -33,11 +33,15 @@ Paths (``PATHS``), chosen by capability checks, never by catching errors:
 
 Extreme logits (|S| ~ 1e4) can leave a column almost empty in every row; the fused column update would
 then lose precision, and the exact log-domain column step is run for that head instead.
-Everything is computed in float32 (float64 for float64 inputs) and cast back to the input dtype.
+Everything is computed in float32 (float64 for float64 inputs) and cast back to the input dtype. Any active
+``torch.autocast`` (A1111's default ``--precision autocast``, CPU bf16 or CUDA fp16/bf16) is switched off for
+the kernel's device inside the call, so no GEMM of the scores or potentials runs in half precision; the
+output is cast to q's dtype, as autocast's own ops would leave it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -57,7 +61,8 @@ PATHS = ("cuda", "flash_cpu", "dense", "chunked")
 class SinkhornStats:
     """Diagnostics of one `sinkhorn_attention` call, one value per (batch, head).
 
-    row_entropy: mean over queries of the entropy (nats) of the row-normalised plan, float32.
+    row_entropy: mean over queries of the entropy (nats) of the row-normalised plan, float32, in
+        [0, log n_k] (each row's value is clamped there: rounding cannot make it leave that range).
     marginal_error: final max_i |n_q · Σ_j P_ij − 1|, float32.
     iterations_used: Sinkhorn iterations run before the (batch, head) was frozen or the cap reached, int64.
     """
@@ -85,7 +90,8 @@ def sinkhorn_attention(
     Returns (batch, heads, n_q, d_v) in q's dtype and device, and `SinkhornStats` if `return_stats`.
 
     iterations: maximum Sinkhorn iterations (row step then column step), >= 1.
-    tol: a (batch, head) stops iterating once its max row-marginal error is <= tol; 0 never stops early.
+    tol: a (batch, head) stops iterating once its max row-marginal error is <= tol; 0 never stops early
+        (every head runs `iterations` iterations, even one whose error is exactly 0).
     scale: logit scale λ, default 1/sqrt(d).
     rescale: True returns n_q · P · V, whose attention weights per query sum to ≈1 (an attention
         redistribution). False returns the raw P · V, as the only other ASAG implementation does: every
@@ -93,6 +99,9 @@ def sinkhorn_attention(
         perturbed layer is then effectively deleted rather than redistributed).
     memory_budget_bytes: bound on the n_q × n_k score blocks held at once (default 256 MiB). The fast
         paths need only O(N·D) extra memory whatever the budget.
+
+    Precision: scores, potentials and accumulations are float32 (float64 for float64 inputs) whatever the
+    input dtype and whatever ``torch.autocast`` is active: autocast is disabled inside the call.
 
     Inference only: the paths work in place and are not meant to be differentiated through.
     """
@@ -357,7 +366,8 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
             col[act] = col_new
         e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1)
         err[act] = e
-        frozen[act] = e <= tol
+        if tol > 0:  # tol=0 never freezes, even a head whose error rounds to exactly 0
+            frozen[act] = e <= tol
         if last:
             out = o if sel is None else _scatter_rows(o, act, G)
         elif bool(frozen.all()):
@@ -379,7 +389,10 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
         return result, None
     # entropy of the row-normalised plan: LSE_j(x_ij) − E_p[x_ij] with x = S2 + g2, converted to nats
     expected = (q2 * out[..., d_v:-1]).sum(-1) + out[..., -1]
-    entropy = (lse - expected).mean(-1) * _LN2
+    # each row's entropy lies in [0, log n_k]; rounding in lse − expected (~ulp · |S2|) must not leave it
+    # (clamped per row, and again after the mean, whose rounding could step past log n_k)
+    top = math.log(n_k)
+    entropy = (lse - expected).mul_(_LN2).clamp_(0.0, top).mean(-1).clamp_(0.0, top)
     return result, (entropy, err, used)
 
 
@@ -429,8 +442,25 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _autocast_off(device: torch.device):
+    """A context that disables torch.autocast for `device`'s type (nullcontext where autocast has none)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type this torch's autocast does not know
+        return contextlib.nullcontext()
+
+
 def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):
     """`sinkhorn_attention` without validation; `path` None picks one, else one of PATHS (for tests)."""
+    with _autocast_off(q.device):
+        return _sinkhorn_attention_fp32(
+            q, k, v, iterations=iterations, tol=tol, scale=scale, rescale=rescale, return_stats=return_stats,
+            memory_budget_bytes=memory_budget_bytes, path=path,
+        )
+
+
+def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):
+    """The body of `_sinkhorn_attention`, run with autocast off."""
     B, H, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)

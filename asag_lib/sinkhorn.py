@@ -54,7 +54,7 @@ __all__ = ["PATHS", "SinkhornStats", "sinkhorn_attention"]
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
 #: Internal computation paths, in the order they are preferred when capable.
-PATHS = ("cuda", "flash_cpu", "dense", "chunked")
+PATHS = ("triton", "cuda", "flash_cpu", "dense", "chunked")
 
 
 @dataclass(frozen=True)
@@ -406,7 +406,7 @@ def _extended_v(v: Tensor, k: Tensor, g2: Tensor, want_stats: bool) -> Tensor:
     """V, or [V, k, g2] when stats are wanted: the same pass then gives E_p[k] and E_p[g2] for the entropy."""
     if not want_stats:
         return v
-    return torch.cat([v, k, g2.unsqueeze(-1)], dim=-1)
+    return torch.cat([v.to(g2.dtype), k.to(g2.dtype), g2.unsqueeze(-1)], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -470,9 +470,14 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
         path = _choose_path(q.device, cdt, n_q, n_k, budget)
     if path not in PATHS:
         raise ValueError(f"sinkhorn_attention: path must be one of {PATHS}, got {path!r}")
+    if path == "triton" and cdt == torch.float64:
+        raise ValueError("sinkhorn_attention: the triton path computes in float32; float64 inputs take another path")
     q2 = q.reshape(B * H, n_q, d).to(cdt) * (-scale * _LOG2E)
-    kf = k.reshape(B * H, n_k, d).to(cdt)
-    vf = v.reshape(B * H, n_k, d_v).to(cdt)
+    if path == "triton":  # the kernel reads Q, K, V in their own dtype and accumulates in fp32
+        q_in = q.reshape(B * H, n_q, d)
+        kf, vf = k.reshape(B * H, n_k, d), v.reshape(B * H, n_k, d_v)
+    else:
+        kf, vf = k.reshape(B * H, n_k, d).to(cdt), v.reshape(B * H, n_k, d_v).to(cdt)
 
     esize = q2.element_size()
     # cache-sized blocks on CPU; on other devices (kernel-launch bound) as large as the budget allows
@@ -492,6 +497,10 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
         qg, kg, vg = q2[h0:h1], kf[h0:h1], vf[h0:h1]
         if path in ("dense", "chunked"):
             engine = _ScoreEngine(qg, kg, block, keep_scores=path == "dense")
+        elif path == "triton":
+            from asag_lib.sinkhorn_triton import TritonEngine
+
+            engine = TritonEngine(q_in[h0:h1], kg, -scale * _LOG2E)
         else:
             engine = _AttentionOpEngine(qg, kg, _flash_cpu_op if path == "flash_cpu" else _efficient_cuda_op)
         o, st = _sinkhorn_group(engine, qg, kg, vg, iterations, tol, return_stats)

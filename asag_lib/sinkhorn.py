@@ -18,7 +18,11 @@ k + 1 passes instead of 2k + 1; the last pass also yields the output n_q · P ·
 · softmax-attention output, and (when asked) the row entropy from the same pass with V extended by
 [k, g]. Internally logs are base 2 (exp2 is accurate to an ulp and several times faster than exp on CPU).
 
-Paths (``PATHS``), chosen by capability checks, never by catching errors:
+Paths (``PATHS``), chosen by capability checks (on CUDA: a one-time probe per device and input dtype,
+`asag_lib.kernel_probe`, which also drops an engine that fails on a shape the probe did not try):
+
+* ``triton`` (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` for tests): `asag_lib.sinkhorn_triton`, one
+  streaming log-sum-exp kernel per half-step, Q/K/V in the input dtype, fp32 accumulation, O(N·D) memory.
 
 * ``dense`` (CPU, n_q · n_k · 4 bytes ≤ 8 MiB): the scores of one or two heads at a time are computed once
   and stay cache-resident for every pass.
@@ -26,7 +30,8 @@ Paths (``PATHS``), chosen by capability checks, never by catching errors:
   in blocks of rows sized for the cache and bounded by the memory budget, O(N·D + block) extra memory.
 * ``cuda``: the memory-efficient CUDA attention op, which returns the LSE, O(N·D) memory; the bias rides
   as an extra head dimension (q' = [−scale·q, 1], k' = [k, g], scale 1). It cannot give column sums, so
-  each column step is a pass of its own with queries and keys swapped. Not testable here (no GPU in CI).
+  each column step is a pass of its own with queries and keys swapped. The fallback where Triton is
+  missing (Windows). Its logic runs in the CPU tests through ``flash_cpu``; on CUDA only in bench/gpu.sh.
 * ``flash_cpu``: the same engine on torch's CPU flash-attention op. Slower on CPU than ``dense`` and
   ``chunked`` (5 passes for 2 iterations), so never chosen automatically there; it exists so that the
   CUDA engine's logic runs in the CPU tests.
@@ -421,17 +426,17 @@ def _flash_cpu_supported(dtype: torch.dtype, device: torch.device) -> bool:
     )
 
 
-def _cuda_supported(dtype: torch.dtype, device: torch.device) -> bool:
-    return (
-        device.type == "cuda"
-        and dtype == torch.float32
-        and hasattr(torch.ops.aten, "_scaled_dot_product_efficient_attention")
-    )
+#: Device types whose path the capability probe picks (tests add "cpu" to run the probe without a GPU).
+_PROBED_DEVICES = ("cuda",)
 
 
-def _choose_path(device: torch.device, dtype: torch.dtype, n_q: int, n_k: int, budget: int) -> str:
-    if _cuda_supported(dtype, device):
-        return "cuda"
+def _choose_path(device: torch.device, dtype: torch.dtype, n_q: int, n_k: int, budget: int,
+                 in_dtype: torch.dtype | None = None) -> str:
+    """dtype: the compute dtype; in_dtype: the inputs' (the CUDA probe decides per input dtype)."""
+    if device.type in _PROBED_DEVICES and dtype == torch.float32:
+        from asag_lib import kernel_probe
+
+        return kernel_probe.choose(device, in_dtype or dtype)
     head_bytes = n_q * n_k * torch.empty((), dtype=dtype).element_size()
     if device.type == "cpu" and head_bytes <= min(_DENSE_MAX_HEAD_BYTES, budget // 2):
         return "dense"
@@ -452,11 +457,24 @@ def _autocast_off(device: torch.device):
 
 def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):
     """`sinkhorn_attention` without validation; `path` None picks one, else one of PATHS (for tests)."""
+    kw = dict(iterations=iterations, tol=tol, scale=scale, rescale=rescale, return_stats=return_stats,
+              memory_budget_bytes=memory_budget_bytes)
     with _autocast_off(q.device):
-        return _sinkhorn_attention_fp32(
-            q, k, v, iterations=iterations, tol=tol, scale=scale, rescale=rescale, return_stats=return_stats,
-            memory_budget_bytes=memory_budget_bytes, path=path,
-        )
+        if path is not None or q.device.type not in _PROBED_DEVICES:
+            return _sinkhorn_attention_fp32(q, k, v, path=path, **kw)
+        budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget_bytes is None else memory_budget_bytes
+        path = _choose_path(q.device, _compute_dtype(q.dtype), q.shape[2], k.shape[2], budget, q.dtype)
+        while True:
+            try:
+                return _sinkhorn_attention_fp32(q, k, v, path=path, **kw)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not the engine's fault: every path would need the memory
+            except Exception as exc:
+                if path == "chunked":
+                    raise
+                from asag_lib import kernel_probe
+
+                path = kernel_probe.reject(q.device, q.dtype, path, exc)
 
 
 def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):

@@ -1,0 +1,156 @@
+"""Which Sinkhorn path a CUDA device gets: a one-time capability probe per (device, input dtype) (issue 12).
+
+On the first call for a device and input dtype, each candidate path is run once on a tiny problem (odd sizes,
+so the kernels' masks are exercised) and compared with the pure-torch ``chunked`` path on the same device:
+
+    triton   the fused Triton kernel (`asag_lib.sinkhorn_triton`): skipped if triton is missing;
+    cuda     the memory-efficient attention engine (`torch.ops.aten._scaled_dot_product_efficient_attention`);
+    chunked  pure torch, the reference of the comparison, always accurate.
+
+A candidate that raises (missing package, compile error, unsupported GPU) or disagrees is dropped; among the
+accurate ones the fastest on a representative problem (1 × 4 heads × 1024 × 1024 × 64, the first call's
+warm-up excluded) is kept. One console line says what was chosen and why the others were not. The decision is
+cached for the process (a capability cache, not job state). A path that fails later on a real problem (a
+shape the probe did not compile) is dropped for that key the same way, with one console line, and the call
+is rerun on the next candidate: the user gets an image, never a crash. Other devices (Apple MPS, XPU, …)
+never reach this module: they take the pure-torch path directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CANDIDATES", "choose", "forget", "reject"]
+
+#: Preference order when timing is off or ties; the last one is the reference and always accurate.
+CANDIDATES = ("triton", "cuda", "chunked")
+
+#: B, H, n_q, n_k, d of the agreement check (odd sizes: masks and partial blocks run).
+PROBE_SHAPE = (1, 2, 77, 45, 64)
+#: B, H, n_q, n_k, d of the timing run.
+TIMING_SHAPE = (1, 4, 1024, 1024, 64)
+#: Relative agreement required with the pure-torch path, by input dtype (half inputs: P·V in half on GPU).
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+_DECISIONS: dict[tuple[str, torch.dtype], list[str]] = {}
+
+
+def _key(device: torch.device, dtype: torch.dtype) -> tuple[str, torch.dtype]:
+    device = torch.device(device)
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if device.type == "cuda" else 0)
+    return f"{device.type}:{index}", dtype
+
+
+def _say(message: str) -> None:
+    print("ASAG: " + message, flush=True)
+
+
+def _run(path: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from asag_lib import sinkhorn as sk
+
+    return sk._sinkhorn_attention(q, k, v, iterations=2, tol=0.0, scale=None, rescale=True, return_stats=False,
+                                  memory_budget_bytes=None, path=path)
+
+
+def _inputs(shape, device, dtype, seed=0):
+    B, H, n_q, n_k, d = shape
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, d, generator=gen) for n in (n_q, n_k, n_k))
+    return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_path(path: str, device: torch.device, dtype: torch.dtype) -> float:
+    """Seconds of one call on TIMING_SHAPE, after one warm-up call."""
+    q, k, v = _inputs(TIMING_SHAPE, device, dtype, seed=1)
+    _run(path, q, k, v)
+    _sync(device)
+    t0 = time.perf_counter()
+    _run(path, q, k, v)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _unavailable(path: str) -> str | None:
+    """Why `path` cannot run at all here, or None."""
+    if path == "triton":
+        from asag_lib import sinkhorn_triton
+
+        return None if sinkhorn_triton.available() else "triton is not installed"
+    if path == "cuda" and not hasattr(torch.ops.aten, "_scaled_dot_product_efficient_attention"):
+        return "this torch has no efficient-attention op"
+    return None
+
+
+def _probe(device: torch.device, dtype: torch.dtype, timing: bool) -> tuple[list[str], list[str]]:
+    """Returns (accurate paths, fastest first when timed; reasons for the others)."""
+    q, k, v = _inputs(PROBE_SHAPE, device, dtype)
+    ref = _run("chunked", q, k, v)
+    good, why = [], []
+    for path in CANDIDATES[:-1]:
+        reason = _unavailable(path)
+        if reason is None:
+            try:
+                out = _run(path, q, k, v)
+                err = relative_error(out, ref)
+                if not (err <= TOLERANCE.get(dtype, 1e-4)):  # also catches NaN
+                    reason = f"disagrees with the pure-torch path (relative error {err:.1e})"
+            except Exception as exc:
+                reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        if reason is None:
+            good.append(path)
+        else:
+            why.append(f"{path} {reason}")
+    good.append("chunked")
+    if timing and len(good) > 1:
+        times = {p: _time_path(p, device, dtype) for p in good}
+        good.sort(key=lambda p: (times[p], CANDIDATES.index(p)))
+        why.insert(0, "timed " + ", ".join(f"{p} {times[p] * 1e3:.1f} ms" for p in good))
+    return good, why
+
+
+def choose(device: torch.device, dtype: torch.dtype, *, timing: bool = True,
+           say: Callable[[str], None] = _say) -> str:
+    """The path for inputs of `dtype` on `device`; probes on the first call for that key."""
+    key = _key(device, dtype)
+    if key not in _DECISIONS:
+        good, why = _probe(torch.device(device), dtype, timing)
+        _DECISIONS[key] = good
+        dt = str(dtype).replace("torch.", "")
+        say(f"Sinkhorn kernel on {key[0]} ({dt} inputs): {good[0]}" + (f" ({'; '.join(why)})" if why else ""))
+    return _DECISIONS[key][0]
+
+
+def reject(device: torch.device, dtype: torch.dtype, path: str, exc: BaseException,
+           say: Callable[[str], None] = _say) -> str:
+    """Drops `path` for this key after it failed on a real problem; returns the next path to use."""
+    key = _key(device, dtype)
+    paths = _DECISIONS.setdefault(key, list(CANDIDATES))
+    if path in paths and path != "chunked":
+        paths.remove(path)
+        say(f"Sinkhorn kernel on {key[0]}: {path} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); using {paths[0]} from now on")
+    return paths[0]
+
+
+def forget() -> None:
+    """Clears every cached decision (tests; a new GPU driver in the same process)."""
+    _DECISIONS.clear()
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    """max |a − b| / max |b| in float64 (inf when b is all zero and a is not)."""
+    a, b = a.double(), b.double()
+    den = b.abs().max().item()
+    num = (a - b).abs().max().item()
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)

@@ -1,0 +1,125 @@
+"""The CUDA capability probe and its fallbacks, exercised on the CPU (issue 12: "never a crash").
+
+No GPU and no triton needed: the probe runs on "cpu" (added to the probed device types), the Triton
+kernel is replaced by a small torch stand-in (or by one that raises / disagrees), and the efficient-attention
+engine runs on torch's CPU flash op (same engine code, other op). Expectations come from the float64
+reference of tests/test_sinkhorn.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asag_lib import kernel_probe, sinkhorn_triton
+from asag_lib import sinkhorn as sk
+from tests.test_sinkhorn import make, reference, rel_err
+
+LN2 = math.log(2.0)
+
+
+def torch_lse_pass(a, b, bias, c, v=None, block_a=64, block_b=64):
+    """What the Triton kernel computes, in plain torch (base-2 LSE of c·a·bᵀ + bias, softmax · v)."""
+    s = (c * (a.float() @ b.float().transpose(1, 2)) + bias.float()[:, None, :]) * LN2
+    return torch.logsumexp(s, -1) / LN2, (None if v is None else torch.softmax(s, -1) @ v.float())
+
+
+@pytest.fixture
+def probe_on_cpu(monkeypatch):
+    """The probe runs for CPU tensors, 'triton' is the torch stand-in, 'cuda' uses the CPU flash op."""
+    kernel_probe.forget()
+    monkeypatch.setattr(sk, "_PROBED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(sinkhorn_triton, "available", lambda: True)
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", torch_lse_pass)
+    monkeypatch.setattr(sk, "_efficient_cuda_op", sk._flash_cpu_op)
+    monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: {"triton": 1.0, "cuda": 2.0,
+                                                                                 "chunked": 3.0}[path])
+    yield
+    kernel_probe.forget()
+
+
+def lines(capsys):
+    return [x for x in capsys.readouterr().out.splitlines() if x.startswith("ASAG: ")]
+
+
+CPU = torch.device("cpu")
+
+
+def test_working_triton_is_chosen_once_per_device_and_dtype(probe_on_cpu, capsys, monkeypatch):
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    calls = []
+    monkeypatch.setattr(kernel_probe, "_probe", lambda *a: calls.append(a) or (["chunked"], []))
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"  # cached: no second probe
+    assert calls == []
+    assert kernel_probe.choose(CPU, torch.float16) == "chunked"  # another input dtype is probed on its own
+    assert len(calls) == 1
+    out = lines(capsys)
+    assert len(out) == 2 and "cpu:0 (float32 inputs): triton" in out[0]
+
+
+def test_kernel_that_raises_falls_back_to_efficient_attention(probe_on_cpu, capsys, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("PTX compile error: out of resources\nmore detail")
+
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", broken)
+    assert kernel_probe.choose(CPU, torch.float32) == "cuda"
+    (line,) = lines(capsys)
+    assert ": cuda (" in line and "triton failed: RuntimeError: PTX compile error: out of resources" in line
+    assert "more detail" not in line  # one line
+
+
+def test_kernel_that_disagrees_falls_back(probe_on_cpu, capsys, monkeypatch):
+    def wrong(a, b, bias, c, v=None, *rest):
+        lse, out = torch_lse_pass(a, b, bias, c, v)
+        return lse + 0.01 * torch.arange(lse.shape[1]) / lse.shape[1], out  # rows' potentials slightly off
+
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", wrong)
+    assert kernel_probe.choose(CPU, torch.float32) == "cuda"
+    (line,) = lines(capsys)
+    assert "triton disagrees with the pure-torch path" in line
+
+
+def test_missing_triton_and_broken_efficient_op_leave_the_pure_torch_path(probe_on_cpu, capsys, monkeypatch):
+    monkeypatch.setattr(sinkhorn_triton, "available", lambda: False)
+    monkeypatch.setattr(sk, "_efficient_cuda_op", lambda q, k, v: (v[..., :1], None))  # returns garbage
+    assert kernel_probe.choose(CPU, torch.float32) == "chunked"
+    (line,) = lines(capsys)
+    assert "triton triton is not installed" in line and "cuda failed: " in line
+
+
+def test_fastest_accurate_path_is_chosen(probe_on_cpu, capsys, monkeypatch):
+    monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: {"triton": 3.0, "cuda": 1.0,
+                                                                                 "chunked": 2.0}[path])
+    assert kernel_probe.choose(CPU, torch.float32) == "cuda"
+    (line,) = lines(capsys)
+    assert "timed cuda 1000.0 ms, chunked 2000.0 ms, triton 3000.0 ms" in line
+
+
+def test_public_call_uses_the_probed_path_and_survives_a_later_failure(probe_on_cpu, capsys, monkeypatch):
+    used = []
+
+    def picky(a, b, bias, c, v=None, *rest):
+        used.append(a.shape[-1])
+        if a.shape[-1] == 160:
+            raise RuntimeError("shared memory exceeded")
+        return torch_lse_pass(a, b, bias, c, v)
+
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", picky)
+    q, k, v = make(1, 2, 40, 48, 64, sharp=2.0)
+    out = sk.sinkhorn_attention(q, k, v, iterations=3, tol=0.0)
+    assert used and rel_err(out, reference(q, k, v, iterations=3, tol=0.0)[0]) <= 1e-5
+    q, k, v = make(1, 2, 20, 24, 160, sharp=2.0, seed=1)  # the probe never tried d = 160
+    out = sk.sinkhorn_attention(q, k, v, iterations=3, tol=0.0)
+    assert rel_err(out, reference(q, k, v, iterations=3, tol=0.0)[0]) <= 1e-5
+    assert kernel_probe.choose(CPU, torch.float32) == "cuda"  # triton dropped for this key from now on
+    out_lines = lines(capsys)
+    assert len(out_lines) == 2 and "triton failed (RuntimeError: shared memory exceeded); using cuda" in out_lines[1]
+
+
+def test_other_devices_never_probe(monkeypatch):
+    monkeypatch.setattr(kernel_probe, "choose", lambda *a, **kw: pytest.fail("probed"))
+    for device in ("mps", "xpu", "cpu"):
+        assert sk._choose_path(torch.device(device), torch.float32, 64, 64, 2**28) in ("dense", "chunked")
+    assert sk._choose_path(torch.device("mps"), torch.float32, 64, 64, 2**28) == "chunked"

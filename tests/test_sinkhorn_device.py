@@ -56,6 +56,7 @@ def test_path_dtype_against_float64(path, dtype):
     assert rel_err(out.cpu(), r_out) <= TOL[dtype], rel_err(out.cpu(), r_out)
     assert torch.equal(st.iterations_used.cpu(), r_used)
     torch.testing.assert_close(st.row_entropy.cpu().double(), r_ent, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(st.marginal_error.cpu().double(), r_err, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("path", PATHS)

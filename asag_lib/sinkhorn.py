@@ -24,8 +24,12 @@ Paths (``PATHS``), chosen by capability checks (on CUDA: a one-time probe per de
 * ``triton`` (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` for tests): `asag_lib.sinkhorn_triton`, one
   streaming log-sum-exp kernel per half-step, Q/K/V in the input dtype, fp32 accumulation, O(N·D) memory.
 
-* ``dense`` (CPU, n_q · n_k · 4 bytes ≤ 8 MiB): the scores of one or two heads at a time are computed once
-  and stay cache-resident for every pass.
+* ``cached`` (CPU, chosen while one head's n_q · n_k kernel fits in half the memory budget): linear-domain
+  Sinkhorn on the exponentials computed once per head (`_KernelCacheEngine`); later half-steps are
+  matrix–vector products, the last pass one GEMM with V; heads with extreme logits fall back to the
+  exact log-domain engine.
+* ``dense`` (CPU, for tests and comparison): the log-domain scores of a cache-sized group of heads are
+  computed once and exponentiated again in every pass.
 * ``chunked`` (CPU for larger N, and any device without a better path): pure torch, recomputing scores
   in blocks of rows sized for the cache and bounded by the memory budget, O(N·D + block) extra memory.
 * ``cuda``: the memory-efficient CUDA attention op, which returns the LSE, O(N·D) memory; the bias rides
@@ -59,7 +63,7 @@ __all__ = ["PATHS", "SinkhornStats", "sinkhorn_attention"]
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
 #: Internal computation paths, in the order they are preferred when capable.
-PATHS = ("triton", "cuda", "flash_cpu", "dense", "chunked")
+PATHS = ("triton", "cuda", "flash_cpu", "cached", "dense", "chunked")
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,11 @@ _DENSE_GROUP_BYTES = 8 * 2**20
 #: Fewer rows per block than this make the score GEMM inefficient; the chunked path groups heads to match.
 _MIN_BLOCK_ROWS = 256
 
-#: The dense path keeps a head's n_q × n_k scores; auto-selected while one head's scores are this small.
-_DENSE_MAX_HEAD_BYTES = 8 * 2**20
+#: The cached path skips the row-max shift of its kernel while |scores| (base 2) are provably below this.
+_UNSHIFTED_MAX = 64.0
+
+#: The cached path holds at most this many bytes of kernels at a time (and at most half the budget).
+_CACHED_GROUP_BYTES = 8 * 2**20
 
 
 def _shifted_exp2_(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -259,6 +266,114 @@ class _ScoreEngine:
             m, z = _shifted_exp2_(s)
             lse[:, c0:c1] = (m + z.log2()).squeeze(-1)
         return lse
+
+
+class _KernelCacheEngine:
+    """Linear-domain Sinkhorn on a cached kernel ("cached", CPU): the exponentials are computed once per head.
+
+    K_ij = 2^(S2_ij − m_i) (fp32, in place of the scores; m_i the row max, or 0 where a Cauchy–Schwarz bound
+    shows |S2| <= 64 so that 2^S2 cannot overflow or underflow) is kept for the group; with the
+    column scaling b_j = 2^(g2_j − max g2) every later half-step is a matrix–vector product on K:
+        r = K b  (row sums: lse_i = m_i + max g2 + log2 r_i),   col = b ⊙ Kᵀ(1/r)  (column sums),
+    read block by block of rows so that the second product finds the block still in cache (one read of K
+    per pass), and the last pass adds one GEMM, K · (b ⊙ V) / r. Exact in exact
+    arithmetic; in fp32 the entries of K that underflow (< 2^-149) are lost, which is harmless unless a row
+    sum or a column sum is itself tiny. A head with a row sum or column sum below SAFE is recomputed by the
+    exact log-domain engine (`_ScoreEngine`, streaming), as is every exact column step the driver asks for.
+    """
+
+    fused_cols = True
+
+    #: Sums this small make the underflowed entries of K (each < 2^-149 · 2^30) matter; below it: exact path.
+    SAFE = 2.0**-30
+
+    def __init__(self, q2: Tensor, k: Tensor, block_bytes: int):
+        self.exact = _ScoreEngine(q2, k, block_bytes, keep_scores=False)
+        self.block_bytes = block_bytes
+        G, n_q, n_k = q2.shape[0], q2.shape[1], k.shape[1]
+        # built by blocks of rows that stay in cache: scores, row max, shifted exp2, and the first pass's
+        # sums (g = 0, so b = 1) while the block is hot; for large N the kernel is then read once per pass
+        kern = q2.new_empty(G, n_q, n_k)
+        m = q2.new_zeros(G, n_q)
+        r = q2.new_empty(G, n_q)
+        col = q2.new_zeros(G, n_k)
+        # Cauchy–Schwarz: |S2_ij| <= |q2_i| · max_j |k_j|. Where that is <= _UNSHIFTED_MAX for the whole group,
+        # 2^S2 neither overflows nor underflows in fp32 and the row-max shift (two more sweeps) is skipped
+        bound = (q2.norm(dim=-1).amax() * k.norm(dim=-1).amax()).item()
+        shift = not bound <= _UNSHIFTED_MAX
+        rows = self._rows(n_k, kern.element_size())
+        for h in range(G):
+            kt = k[h].t()
+            for r0 in range(0, n_q, rows):
+                blk = torch.mm(q2[h, r0 : r0 + rows], kt, out=kern[h, r0 : r0 + rows])
+                if shift:
+                    mb = torch.amax(blk, dim=-1, keepdim=True)
+                    m[h, r0 : r0 + rows] = mb.squeeze(-1)
+                    blk.sub_(mb)
+                blk.exp2_()
+                rb = torch.sum(blk, dim=-1, out=r[h, r0 : r0 + rows])
+                col[h].addmv_(blk.t(), rb.reciprocal())
+        self.kern, self.m = kern, m
+        self._first = (m + r.log2(), col, r, col)
+
+    def _rows(self, n_k: int, esize: int) -> int:
+        return max(1, self.block_bytes // (n_k * esize))
+
+    def _pass(self, kern: Tensor, m: Tensor, g2: Tensor, want_col: bool, vx: Tensor | None):
+        """One pass on the heads of `kern` (a view of the cache). Per head, because torch's batched GEMM
+        with one column is several times slower than `mv` on CPU."""
+        Gs, n_q, n_k = kern.shape
+        gmax = g2.amax(dim=-1, keepdim=True)
+        b = (g2 - gmax).exp2_()
+        r = kern.new_empty(Gs, n_q)
+        col = kern.new_zeros(Gs, n_k) if want_col else None
+        rows = self._rows(n_k, kern.element_size())
+        for h in range(Gs):
+            for r0 in range(0, n_q, rows):
+                blk = kern[h, r0 : r0 + rows]
+                rb = torch.mv(blk, b[h], out=r[h, r0 : r0 + rows])
+                if col is not None:
+                    col[h].addmv_(blk.t(), rb.reciprocal())  # the block is still in cache
+        if col is not None:
+            col.mul_(b)
+        out = None
+        if vx is not None:
+            out = torch.bmm(kern, vx * b.unsqueeze(-1)).div_(r.unsqueeze(-1))
+        lse = m + gmax + r.log2()
+        ok = r.amin(dim=-1) >= self.SAFE
+        if col is not None:
+            ok &= col.amin(dim=-1) >= self.SAFE
+        return lse, col, out, ok
+
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+        first, self._first = self._first, None
+        if first is not None and sel is None and vx is None and not bool(g2.any()):
+            lse, col, r, c = first  # the driver's first pass (g = 0) was done while building the kernel
+            out = None
+            ok = (r.amin(dim=-1) >= self.SAFE) & (c.amin(dim=-1) >= self.SAFE)
+            col = col if want_col else None
+        elif sel is None:
+            lse, col, out, ok = self._pass(self.kern, self.m, g2, want_col, vx)
+        else:  # one head at a time on views of the cache: indexing it would copy n_q · n_k per head
+            parts = [
+                self._pass(self.kern[h : h + 1], self.m[h : h + 1], g2[j : j + 1], want_col,
+                           None if vx is None else vx[j : j + 1])
+                for j, h in enumerate(sel.tolist())
+            ]
+            lse, col, out, ok = (None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
+        bad = (~ok).nonzero().squeeze(1)
+        if bad.numel():  # rare (extreme logits): those heads take the exact log-domain pass
+            heads = bad if sel is None else sel[bad]
+            e_lse, e_col, e_out = self.exact.row_pass(g2[bad], heads, want_col, None if vx is None else vx[bad])
+            lse[bad] = e_lse
+            if col is not None:
+                col[bad] = e_col
+            if out is not None:
+                out[bad] = e_out
+        return lse, col, out
+
+    def col_pass(self, f2: Tensor, sel: Tensor | None) -> Tensor:
+        return self.exact.col_pass(f2, sel)
 
 
 def _flash_cpu_op(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -438,8 +553,8 @@ def _choose_path(device: torch.device, dtype: torch.dtype, n_q: int, n_k: int, b
 
         return kernel_probe.choose(device, in_dtype or dtype)
     head_bytes = n_q * n_k * torch.empty((), dtype=dtype).element_size()
-    if device.type == "cpu" and head_bytes <= min(_DENSE_MAX_HEAD_BYTES, budget // 2):
-        return "dense"
+    if device.type == "cpu" and head_bytes <= budget // 2:
+        return "cached"  # one head's kernel fits in half the budget: exponentials computed once
     return "chunked"
 
 
@@ -503,18 +618,24 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
     if path == "dense":
         # the kept scores stay cache-sized and take at most half the budget
         group = max(1, min(_DENSE_GROUP_BYTES, budget // 2) // (n_q * n_k * esize))
+    elif path == "cached":
+        # the cached kernels of the group: cache-sized where heads are small, else as many heads as half
+        # the budget holds (the other half: the GEMM blocks and the exact engine's blocks)
+        group = max(1, min(_CACHED_GROUP_BYTES, budget // 2) // (n_q * n_k * esize))
     elif path == "chunked":
         # blocks of at least _MIN_BLOCK_ROWS rows per head keep the score GEMMs efficient
         group = max(1, block // (_MIN_BLOCK_ROWS * max(n_q, n_k) * esize))
     else:
         group = B * H
 
-    outs, stats = [], []
+    out, stats = None, []
     for h0 in range(0, B * H, group):
         h1 = min(B * H, h0 + group)
         qg, kg, vg = q2[h0:h1], kf[h0:h1], vf[h0:h1]
         if path in ("dense", "chunked"):
             engine = _ScoreEngine(qg, kg, block, keep_scores=path == "dense")
+        elif path == "cached":
+            engine = _KernelCacheEngine(qg, kg, block)
         elif path == "triton":
             from asag_lib.sinkhorn_triton import TritonEngine
 
@@ -523,11 +644,13 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
             engine = _AttentionOpEngine(qg, kg, _flash_cpu_op if path == "flash_cpu" else _efficient_cuda_op)
         o, st = _sinkhorn_group(engine, qg, kg, vg, iterations, tol, return_stats)
         del engine
-        outs.append(o)
+        if out is None:  # written group by group: no list of outputs to concatenate at the end
+            out = o if h1 == B * H else o.new_empty(B * H, n_q, d_v)
+        if out is not o:
+            out[h0:h1] = o
         stats.append(st)
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]
     if not rescale:
-        out = out / n_q
+        out = out.div_(n_q)
     out = out.reshape(B, H, n_q, d_v).to(q.dtype)
     if not return_stats:
         return out

@@ -7,7 +7,11 @@ Time: median of several runs, the implementations interleaved round by round so 
 load hits them alike. Memory: each (case, implementation) runs once more in a fresh subprocess, which
 resets the kernel's peak-RSS counter (/proc/self/clear_refs) after creating its inputs and warming up
 on a small shape; peak extra = peak RSS during the call − RSS before it (Linux only; "n/a" elsewhere).
-Sinkhorn runs use 2 iterations and tol=0 (no early stop), fp32, logits of std ≈ 1.
+Sinkhorn runs use 2 iterations and tol=0 (no early stop), fp32, logits of std ≈ 1. "ours" is the public
+function (on CPU the cached linear-domain path where a head's kernel fits in half the memory budget);
+"logdomain" forces the previous engines (the dense path's kept scores at N ≤ 1024, the streaming chunked
+path above). `--cpu-time --threads 1` times process CPU time instead of wall time: on a machine shared
+with other work that is the fairer comparison (parallel regions wait for descheduled threads).
 """
 
 from __future__ import annotations
@@ -26,20 +30,22 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from asag_lib import sinkhorn as sk
 from asag_lib.sinkhorn import sinkhorn_attention
 
 ITERATIONS = 2
 
 # name, (B, H, N, D), implementations, timing runs
 FULL = [
-    ("SDXL mid 1024²", (2, 20, 1024, 64), ("sdpa", "dense", "ours"), 7),
-    ("N=4096", (2, 10, 4096, 64), ("sdpa", "dense", "ours"), 3),
+    ("SDXL mid 1024²", (2, 20, 1024, 64), ("sdpa", "dense", "logdomain", "ours"), 7),
+    ("N=4096", (2, 10, 4096, 64), ("sdpa", "dense", "logdomain", "ours"), 3),
     ("N=16384", (1, 10, 16384, 64), ("sdpa", "ours"), 2),
 ]
 QUICK = [
-    ("N=1024 small", (1, 4, 1024, 64), ("sdpa", "dense", "ours"), 3),
-    ("N=2048 small", (1, 2, 2048, 64), ("sdpa", "dense", "ours"), 2),
+    ("N=1024 small", (1, 4, 1024, 64), ("sdpa", "dense", "logdomain", "ours"), 3),
+    ("N=2048 small", (1, 2, 2048, 64), ("sdpa", "dense", "logdomain", "ours"), 2),
 ]
+CLOCK = time.perf_counter
 
 
 def dense_sinkhorn(q, k, v, iterations=ITERATIONS):
@@ -59,6 +65,12 @@ def implementation(name):
         return F.scaled_dot_product_attention
     if name == "dense":
         return dense_sinkhorn
+    if name == "logdomain":
+        def logdomain(q, k, v):
+            path = "dense" if q.shape[2] * k.shape[2] * 4 <= 8 * 2**20 else "chunked"
+            return sk._sinkhorn_attention(q, k, v, iterations=ITERATIONS, tol=0.0, scale=None, rescale=True,
+                                          return_stats=False, memory_budget_bytes=None, path=path)
+        return logdomain
     return lambda q, k, v: sinkhorn_attention(q, k, v, iterations=ITERATIONS, tol=0.0)
 
 
@@ -75,9 +87,9 @@ def time_case(shape, impls, runs):
     times = {name: [] for name in impls}
     for _ in range(runs):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn(q, k, v)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(CLOCK() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -112,10 +124,10 @@ def measure_memory(name, shape):
     return json.loads(res.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
-def float64_error(shape, heads=2):
+def float64_error(shape, name="ours", heads=2):
     """Max |ours − float64 dense| / max |float64 dense| on the first `heads` heads of sample 0."""
     q, k, v = inputs(shape)
-    ours = sinkhorn_attention(q, k, v, iterations=ITERATIONS, tol=0.0)[:1, :heads]
+    ours = implementation(name)(q, k, v)[:1, :heads]
     ref = dense_sinkhorn(*(t[:1, :heads].double() for t in (q, k, v)))
     return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
 
@@ -132,6 +144,7 @@ def main():
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--only", help="run only the cases whose label contains this text")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--cpu-time", action="store_true", help="time process CPU time, not wall time")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -140,21 +153,26 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     cases = QUICK if args.quick else FULL
     cases = [c for c in cases if args.only is None or args.only in c[0]]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"fp32, {ITERATIONS} Sinkhorn iterations, tol=0; load average before: {os.getloadavg()[0]:.2f}")
+          f"fp32, {ITERATIONS} Sinkhorn iterations, tol=0, {'CPU' if args.cpu_time else 'wall'} time, "
+          f"implementations interleaved; load average before: {os.getloadavg()[0]:.2f}")
     header = ("case", "B,H,N,D", "impl", "time", "× SDPA", "peak extra mem", "mem ÷ dense", "rel err f64")
     rows = []
     for label, shape, impls, runs in cases:
         times = time_case(shape, impls, runs)
         mem = {} if args.no_memory else {name: measure_memory(name, shape) for name in impls}
-        err = float64_error(shape) if "dense" in impls else None
+        err = {name: float64_error(shape, name) for name in impls if name in ("ours", "logdomain")}
         for name in impls:
             ratio = times[name] / times["sdpa"]
             m = mem.get(name)
-            m_ratio = (f"{m / mem['dense']:.3f}" if name == "ours" and mem.get("dense") and m is not None else "")
-            e = f"{err:.1e}" if name == "ours" and err is not None else ""
+            m_ratio = (f"{m / mem['dense']:.3f}" if name in ("ours", "logdomain") and mem.get("dense")
+                       and m is not None else "")
+            e = f"{err[name]:.1e}" if err and name in err else ""
             rows.append((label, ",".join(map(str, shape)), name, f"{times[name]:.3f} s", f"{ratio:.2f}",
                          fmt_bytes(m) if not args.no_memory else "-", m_ratio, e))
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]

@@ -306,7 +306,7 @@ def test_extreme_logits_match_reference_and_use_exact_column_step(path, monkeypa
     assert rel_err(out, r_out) <= 1e-3  # fp32 rounding of logits of 1e4 is ~1e-3 absolute
     assert torch.equal(st.iterations_used, r_used)
     torch.testing.assert_close(st.row_entropy.double(), r_ent, rtol=1e-2, atol=1e-2)
-    if path in ("auto", "dense", "chunked", "chunked_tiny"):
+    if path in ("auto", "cached", "dense", "chunked", "chunked_tiny"):
         assert calls, "the exact column fallback was not exercised"
 
 
@@ -351,3 +351,55 @@ def test_peak_memory_is_bounded_for_large_n():
     # the default budget (256 MiB): one head's 64 MiB kernel cached at a time, well within the budget
     extra = peak_extra()
     assert extra < sk.DEFAULT_MEMORY_BUDGET_BYTES // 2, f"peak extra memory {extra / 2**20:.0f} MiB"
+
+
+# --------------------------------------------------------------------------------------------------------
+# the cached (linear-domain) path's two kernel scalings and its exact fallback
+
+
+@pytest.mark.parametrize("unshifted_max", [64.0, 0.0], ids=["auto-shift", "always-shift"])
+@pytest.mark.parametrize("sharp", [1.0, 12.0])
+def test_cached_path_both_kernel_scalings(monkeypatch, unshifted_max, sharp):
+    """sharp=12 gives |scores| beyond the no-shift bound (row-max shifted kernel), sharp=1 within it."""
+    monkeypatch.setattr(sk, "_UNSHIFTED_MAX", unshifted_max)
+    q, k, v = make(2, 2, 70, 90, 64, 48, sharp=sharp, seed=8)
+    out, st = run(q, k, v, "cached", iterations=4, tol=0.0, return_stats=True)
+    r_out, r_ent, r_err, _ = reference(q, k, v, iterations=4, tol=0.0)
+    assert rel_err(out, r_out) <= 1e-5
+    torch.testing.assert_close(st.row_entropy.double(), r_ent, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
+
+
+def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch):
+    """Logits of ±1e4: the cached kernel underflows almost everywhere; those heads must take the exact
+    log-domain row pass (and still match the reference), the ordinary head must not."""
+    heads = []
+    original = sk._ScoreEngine.row_pass
+    monkeypatch.setattr(sk._ScoreEngine, "row_pass",
+                        lambda self, g2, sel, *a: heads.append(sel.tolist()) or original(self, g2, sel, *a))
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 2, 48, 64, generator=gen)
+    k = torch.randn(1, 2, 40, 64, generator=gen)
+    q[:, 1] = q[:, 1].sign() * 40.0
+    k[:, 1] *= 40.0
+    v = torch.randn(1, 2, 40, 32, generator=gen)
+    out, st = run(q, k, v, "cached", iterations=3, tol=0.0, return_stats=True)
+    r_out, _, _, r_used = reference(q, k, v, iterations=3, tol=0.0)
+    assert heads and all(h == [1] for h in heads), heads
+    assert rel_err(out[:, :1], r_out[:, :1]) <= 1e-5
+    assert rel_err(out, r_out) <= 1e-3  # fp32 rounding of logits of 1e4
+    assert torch.equal(st.iterations_used, r_used)
+
+
+def test_cached_path_row_shift_absorbs_a_large_common_offset(monkeypatch):
+    """Every logit ≈ +140 nats (2^200 overflows fp32): the row-max shift must absorb it, with no detour
+    through the exact engine, and the plan is unchanged by a common offset."""
+    monkeypatch.setattr(sk._ScoreEngine, "row_pass", lambda *a: pytest.fail("fell back to the exact engine"))
+    gen = torch.Generator().manual_seed(10)
+    q = 4.2 + 0.3 * torch.randn(1, 2, 40, 64, generator=gen)
+    k = -4.2 + 0.3 * torch.randn(1, 2, 56, 64, generator=gen)
+    v = torch.randn(1, 2, 56, 32, generator=gen)
+    logits = -(q @ k.transpose(-1, -2)) / 8.0
+    assert logits.min() > 120
+    out = run(q, k, v, "cached", iterations=3, tol=0.0)
+    assert rel_err(out, reference(q, k, v, iterations=3, tol=0.0)[0]) <= 1e-4  # fp32 rounding of logits ~140

@@ -125,8 +125,17 @@ def _kernel():
     return _KERNELS[key]
 
 
+def _blocks(block_d: int, block_dv: int) -> tuple[int, int]:
+    """Smaller tiles for wide heads (d = 160 pads to 256; stats widen V to d_v + d + 1) so that the
+    tiles and the fp32 accumulator fit a GPU's registers and shared memory."""
+    wide = max(block_d, block_dv)
+    if wide <= 128:
+        return 64, 64
+    return (32, 32) if wide <= 256 else (16, 32)
+
+
 def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = None,
-             block_a: int = 64, block_b: int = 64) -> tuple[Tensor, Tensor | None]:
+             block_a: int | None = None, block_b: int | None = None) -> tuple[Tensor, Tensor | None]:
     """LSE2_b(c · a·bᵀ + bias) per row of a (G, n_a), and softmax · v (G, n_a, d_v) fp32 if v is given.
 
     a: (G, n_a, d), b: (G, n_b, d) in one dtype; bias: (G, n_b) fp32; v: (G, n_b, d_v) or None.
@@ -143,13 +152,16 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
         out = torch.empty(G, n_a, dv, dtype=torch.float32, device=a.device)
     else:  # the kernel still takes pointers; these are never read or written
         dv, v, out = 1, lse, lse
+    block_d, block_dv = _next_pow2(d), _next_pow2(dv)
+    da, db = _blocks(block_d, block_dv)
+    block_a, block_b = block_a or da, block_b or db
     grid = (-(-n_a // block_a), G)
     _kernel()[grid](
         a, b, bias, lse, v, out,
         n_a, n_b, d, dv, float(c),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0),
         v.stride(0), v.stride(1) if v.dim() > 2 else 0, out.stride(0), out.stride(1) if out.dim() > 2 else 0,
-        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=_next_pow2(d), BLOCK_DV=_next_pow2(dv),
+        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_DV=block_dv,
         HAS_V=v is not lse, TF32=False, UPCAST=_interpreter_upcast(a.dtype),
     )
     return lse, (out if v is not lse else None)
@@ -163,7 +175,7 @@ class TritonEngine:
 
     fused_cols = False
 
-    def __init__(self, q: Tensor, k: Tensor, c: float, block_a: int = 64, block_b: int = 64):
+    def __init__(self, q: Tensor, k: Tensor, c: float, block_a: int | None = None, block_b: int | None = None):
         self.q, self.k, self.c = q.contiguous(), k.contiguous(), c
         self.blocks = (block_a, block_b)
 

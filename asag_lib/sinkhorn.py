@@ -199,6 +199,9 @@ _MIN_BLOCK_ROWS = 256
 #: The cached path skips the row-max shift of its kernel while |scores| (base 2) are provably below this.
 _UNSHIFTED_MAX = 64.0
 
+#: Row blocks in which the cached path builds its kernel (GEMM, shift, exp2, first sums while in cache).
+_CACHED_BUILD_BYTES = 8 * 2**20
+
 #: The cached path holds at most this many bytes of kernels at a time (and at most half the budget).
 _CACHED_GROUP_BYTES = 8 * 2**20
 
@@ -301,7 +304,8 @@ class _KernelCacheEngine:
         # 2^S2 neither overflows nor underflows in fp32 and the row-max shift (two more sweeps) is skipped
         bound = (q2.norm(dim=-1).amax() * k.norm(dim=-1).amax()).item()
         shift = not bound <= _UNSHIFTED_MAX
-        rows = self._rows(n_k, kern.element_size())
+        # larger blocks than the passes use: each GEMM call repacks k, and the block only needs to stay in L3
+        rows = max(1, max(block_bytes, _CACHED_BUILD_BYTES) // (n_k * kern.element_size()))
         for h in range(G):
             kt = k[h].t()
             for r0 in range(0, n_q, rows):

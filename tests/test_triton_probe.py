@@ -121,5 +121,5 @@ def test_public_call_uses_the_probed_path_and_survives_a_later_failure(probe_on_
 def test_other_devices_never_probe(monkeypatch):
     monkeypatch.setattr(kernel_probe, "choose", lambda *a, **kw: pytest.fail("probed"))
     for device in ("mps", "xpu", "cpu"):
-        assert sk._choose_path(torch.device(device), torch.float32, 64, 64, 2**28) in ("dense", "chunked")
+        assert sk._choose_path(torch.device(device), torch.float32, 64, 64, 2**28) in ("cached", "chunked")
     assert sk._choose_path(torch.device("mps"), torch.float32, 64, 64, 2**28) == "chunked"

@@ -142,6 +142,7 @@ def markdown(meta, kernel, e2e):
     out = [f"# bench/gpu.sh results ({meta['when']})", "",
            f"Device: {meta['device_name']}; torch {meta['torch']}, triton {meta['triton']}; "
            f"{'DRY RUN (tiny CPU shapes, not a measurement)' if meta['dry_run'] else 'full run'}.", "",
+           *[f"Probe: {line}" for line in meta.get("probe", [])], "",
            "## Kernel (2 Sinkhorn iterations, tol=0)", "",
            "| case | B,H,N,D | impl | dtype | time | × SDPA | peak extra mem | rel err vs chunked | error |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -192,6 +193,13 @@ def main():
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or "cpu", "width": args.width, "latent": args.latent, "steps": args.steps,
             "e2e_dtype": "fp16" if device.type == "cuda" else "fp32"}
+    if device.type == "cuda":  # what the capability probe picks for fp16 and fp32 inputs, and why
+        from asag_lib import kernel_probe
+
+        said = []
+        for dt in (torch.float16, torch.float32):
+            kernel_probe.choose(device, dt, say=said.append)
+        meta["probe"] = said
     print(f"kernel table on {meta['device_name']} ...", flush=True)
     kernel = kernel_table(device, kdtype, DRY_KERNEL_CASES if dry else KERNEL_CASES,
                           args.runs or (1 if dry else 5))

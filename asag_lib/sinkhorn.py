@@ -300,14 +300,15 @@ class _KernelCacheEngine:
         m = q2.new_zeros(G, n_q)
         r = q2.new_empty(G, n_q)
         col = q2.new_zeros(G, n_k)
-        # Cauchy–Schwarz: |S2_ij| <= |q2_i| · max_j |k_j|. Where that is <= _UNSHIFTED_MAX for the whole group,
+        # Cauchy–Schwarz: |S2_ij| <= |q2_i| · max_j |k_j|. Where that is <= _UNSHIFTED_MAX for a head,
         # 2^S2 neither overflows nor underflows in fp32 and the row-max shift (two more sweeps) is skipped
-        bound = (q2.norm(dim=-1).amax() * k.norm(dim=-1).amax()).item()
-        shift = not bound <= _UNSHIFTED_MAX
+        # (decided per head, so that a head's result never depends on which heads share its group)
+        bounds = (q2.norm(dim=-1).amax(dim=-1) * k.norm(dim=-1).amax(dim=-1)).tolist()
         # larger blocks than the passes use: each GEMM call repacks k, and the block only needs to stay in L3
         rows = max(1, max(block_bytes, _CACHED_BUILD_BYTES) // (n_k * kern.element_size()))
         for h in range(G):
             kt = k[h].t()
+            shift = not bounds[h] <= _UNSHIFTED_MAX
             for r0 in range(0, n_q, rows):
                 blk = torch.mm(q2[h, r0 : r0 + rows], kt, out=kern[h, r0 : r0 + rows])
                 if shift:

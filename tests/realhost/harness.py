@@ -105,6 +105,8 @@ class Server:
         (self.data_dir / "ui-config.json").write_text("{}")
 
     def start(self, timeout: float = 600.0) -> None:
+        if _port_in_use(self.port):  # never talk to someone else's (or a stale) server by mistake
+            raise ServerError(f"port {self.port} is already in use")
         self.prepare()
         self.log_path = self.data_dir / "server.log"
         args = ["bash", str(self.host / "run-api.sh"), "--data-dir", str(self.data_dir),
@@ -172,6 +174,13 @@ class Server:
             raise ServerError(f"HTTP {code} from {endpoint}: {str(body)[:1500]}")
         info = json.loads(body["info"])
         return Result([png_pixels(base64.b64decode(b)) for b in body["images"]], info["infotexts"], info, seconds)
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # ------------------------------------------------------------------------------------------------

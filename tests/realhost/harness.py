@@ -103,6 +103,7 @@ class Server:
             models.symlink_to(self.host / "webui" / "models")
         (self.data_dir / "config.json").write_text(json.dumps(SETTINGS, indent=1))
         (self.data_dir / "ui-config.json").write_text("{}")
+        (self.data_dir / "Lora").mkdir(exist_ok=True)  # a LoRA folder of our own (models/ is the host's)
 
     def start(self, timeout: float = 600.0) -> None:
         if _port_in_use(self.port):  # never talk to someone else's (or a stale) server by mistake
@@ -111,10 +112,13 @@ class Server:
         self.log_path = self.data_dir / "server.log"
         args = ["bash", str(self.host / "run-api.sh"), "--data-dir", str(self.data_dir),
                 "--ui-settings-file", str(self.data_dir / "config.json"),
-                "--ui-config-file", str(self.data_dir / "ui-config.json")]
+                "--ui-config-file", str(self.data_dir / "ui-config.json"), "--lora-dir", str(self.data_dir / "Lora")]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=dict(os.environ, PORT=str(self.port)))
+            # One torch thread by default: on a shared, oversubscribed CPU, OpenMP's spinning thread teams
+            # slow every job several-fold; both servers use the same setting, so comparisons hold.
+            threads = os.environ.get("ASAG_A1111_THREADS", "1")
+            env = dict(os.environ, PORT=str(self.port), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         start = time.time()
         while True:
             try:
@@ -167,6 +171,8 @@ class Server:
             return exc.code, {"body": exc.read()[:2000].decode(errors="replace")}
 
     def generate(self, payload: dict, endpoint: str = "txt2img") -> Result:
+        if self.proc is None:  # a lazily started server (the bare one, when its results are cached)
+            self.start()
         start = time.time()
         code, body = self.call(f"/sdapi/v1/{endpoint}", payload)
         seconds = time.time() - start
@@ -181,6 +187,34 @@ def _port_in_use(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ResultCache:
+    """Results of the server without ASAG, on disk, keyed by the request, the host commit, the
+    extensions loaded and the thread count: they do not depend on the ASAG version under test, so a second run (another
+    branch) need not start that server at all."""
+
+    def __init__(self, folder: Path, server: Server, host_commit: str):
+        self.folder, self.server = folder, server
+        self.salt = json.dumps([host_commit, sorted(server.extensions), os.environ.get("ASAG_A1111_THREADS", "1")])
+
+    def generate(self, payload: dict, endpoint: str = "txt2img") -> Result:
+        import hashlib
+
+        key = hashlib.sha256(json.dumps([self.salt, endpoint, payload], sort_keys=True).encode()).hexdigest()
+        path = self.folder / f"{key[:32]}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return Result([base64.b64decode(p) for p in data["pixels"]], data["infotexts"], data["info"], 0.0)
+        result = self.server.generate(payload, endpoint)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = {"pixels": [base64.b64encode(p).decode() for p in result.pixels], "infotexts": result.infotexts,
+                "info": result.info}
+        path.write_text(json.dumps(data))
+        return result
+
+    def new_log(self) -> str:
+        return self.server.new_log() if self.server.proc is not None else ""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def _run(server: Server, payload: dict[str, Any], endpoint: str, label: str, pro
 def compare(config: str, asag: Server, bare: Server, payload: dict[str, Any], endpoint: str = "txt2img",
             on_args: list[Any] | None = None, expect_guided: bool = True) -> Outcome:
     on_args = ASAG_ON if on_args is None else on_args
+    skip_done(config)
     problems: list[str] = []
     notes: list[str] = []
     asag.new_log()
@@ -172,10 +173,21 @@ def record(outcome: Outcome) -> None:
     host = host_dir()
     extension = Path(os.environ.get("ASAG_A1111_EXTENSION", REPO))
     line = {"config": outcome.config, "ok": outcome.ok, "problems": outcome.problems, "notes": outcome.notes,
-            "asag": _commit(extension), "asag_path": str(extension),
+            "asag": os.environ.get("ASAG_A1111_EXTENSION_COMMIT") or _commit(extension), "asag_path": str(extension),
             "webui": _commit(host / "webui") if host else "?", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def skip_done(config: str) -> None:
+    """With ASAG_A1111_SKIP_DONE=1, skip a configuration the report file already holds (resume a run)."""
+    path = os.environ.get("ASAG_A1111_REPORT")
+    if os.environ.get("ASAG_A1111_SKIP_DONE") == "1" and path and os.path.exists(path):
+        with open(path) as f:
+            if any(json.loads(line)["config"] == config for line in f if line.strip()):
+                import pytest
+
+                pytest.skip(f"already in {path}")
 
 
 def assert_ok(outcome: Outcome) -> None:

@@ -40,15 +40,15 @@ def _scripts(payload: dict[str, Any], title: str, args: list[Any]) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def lora_name(hosts_extras) -> str:
-    """A tiny random LoRA for the tiny SD1.5, in a --lora-dir of the test's own (the servers of this
-    module are started with it, see conftest) -- or written here and picked up by a refresh."""
-    asag, bare = hosts_extras
-    for server in (asag, bare):
-        folder = server.data_dir / "Lora"
-        folder.mkdir(exist_ok=True)
-        make_tiny_lora(host_dir() / "webui" / "models" / "Stable-diffusion" / SD15, folder / "asag_tiny_lora.safetensors")
-        code, _ = server.call("/sdapi/v1/refresh-loras", {})
-        assert code == 200
+    """A tiny random LoRA for the tiny SD1.5, written into each server's own --lora-dir (see Server);
+    a running server picks it up on a refresh, a lazily started one at start."""
+    for server in hosts_extras:
+        server = getattr(server, "server", server)  # a ResultCache wraps the bare server
+        make_tiny_lora(host_dir() / "webui" / "models" / "Stable-diffusion" / SD15,
+                       server.data_dir / "Lora" / "asag_tiny_lora.safetensors")
+        if server.proc is not None:
+            code, _ = server.call("/sdapi/v1/refresh-loras", {})
+            assert code == 200
     return "asag_tiny_lora"
 
 

@@ -4,8 +4,9 @@
   start/end window that selects no step, must leave the image and its infotext as with ASAG off;
 * "Pad prompt/negative prompt" (bug 2): with a perturbation that cannot change anything (a layer that
   sees a single token, where every attention, softmax or Sinkhorn, returns V), the weak prediction equals
-  the cond prediction exactly when both see the same cond, so ASAG on must give ASAG off's image. A weak
-  pass that sees the unpadded cond adds s·(cond_padded − cond_unpadded) and moves the image;
+  the cond prediction when both see the same cond (up to the rounding of a call with fewer rows), so ASAG
+  on must give ASAG off's image within one pixel level. A weak pass that sees the unpadded cond adds
+  s·(cond_padded − cond_unpadded) and moves the image (by 42 levels on the tiny SD1.5);
 * ControlNet with prompts of different token lengths at batch 2 (bug 1) is in the matrix
   (test_a1111_matrix.py, "ControlNet reference_only, long prompt + short negative, batch 2").
 """
@@ -17,7 +18,18 @@ from typing import Any
 import pytest
 
 from tests.realhost.harness import max_abs_diff
-from tests.realhost.jobs import LONG_PROMPT, SD15, SDXL, assert_ok, base, compare, record, with_scripts
+from tests.realhost.jobs import (
+    LONG_PROMPT,
+    SD15,
+    SDXL,
+    Outcome,
+    assert_ok,
+    base,
+    compare,
+    record,
+    skip_done,
+    with_scripts,
+)
 
 NOTHING_GUIDED: dict[str, list[Any]] = {
     # enabled, scale, layers, iterations, tolerance, start, end, hires
@@ -49,23 +61,29 @@ PAD_CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
 }
 
 
+NOISE = 1
+"""Pixel levels a no-op weak pass may move: the weak call runs on fewer rows than the host's cond+uncond
+call, and CPU kernels may round differently for another batch size (seen: 1 level with 'pad v0', where
+the cond is not padded at all). The bug this catches moved pixels by 42 levels."""
+
+
 @pytest.mark.parametrize("case", list(PAD_CASES))
 def test_weak_pass_sees_the_hosts_cond(hosts, case: str) -> None:
-    """A no-op perturbation (single-token middle block) must leave the image exactly as with ASAG off."""
+    """A no-op perturbation (single-token middle block) must leave the image as with ASAG off (within NOISE levels)."""
     asag, _ = hosts
+    skip_done(f"no-op weak pass: {case}")
     checkpoint, size, extra = PAD_CASES[case]
     payload = base(checkpoint, size, **extra)
     off = asag.generate(with_scripts(payload, [False]))
     on = asag.generate(with_scripts(payload, [True, 3.0, "middle", 2]))
     diffs = [max_abs_diff(a, b) for a, b in zip(on.pixels, off.pixels, strict=True)]
-    from tests.realhost.jobs import Outcome
 
     problems = []
     if on.asag_error:
         problems.append(f"ASAG error: {on.asag_error[:300]}")
     if not all(on.guided()):
         problems.append("ASAG did not run")
-    if any(diffs):
+    if max(diffs) > NOISE:
         problems.append(f"a no-op perturbation moved the image: max |on - off| = {diffs} (of 255)")
     outcome = Outcome(f"no-op weak pass: {case}", problems, [f"max diff {diffs}"], {"on": on, "off": off})
     record(outcome)

@@ -125,6 +125,11 @@ def compare(config: str, asag: Server, bare: Server, payload: dict[str, Any], en
     }
     problems += _log_problems(asag, "ASAG server") + _log_problems(bare, "bare server")
     off, on, after, absent = (runs[k] for k in ("off", "on", "after", "absent"))
+    # ControlNet appends its detected maps after the generated images: compare the generated ones
+    count = payload.get("batch_size", 1) * payload.get("n_iter", 1)
+    for run in runs.values():
+        if run is not None:
+            run.pixels, run.infotexts = run.pixels[:count], run.infotexts[:count]
     if on is not None:
         if on.asag_error:
             problems.append(f"on: ASAG error: {on.asag_error[:400]}")

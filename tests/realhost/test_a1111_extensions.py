@@ -100,13 +100,30 @@ def test_lora_block_weight(hosts_extras, lora_name: str) -> None:
     assert_ok(compare("LoRA Block Weight (lbw, 17 weights, sd15)", asag, bare, payload))
 
 
-@pytest.mark.parametrize("model", ["sdxl", "sd15"])
-def test_incantations_pag_and_seg(hosts_extras, model: str) -> None:
+INCANTATIONS = {
+    # case: (SEG active, PAG active, model, batch size)
+    "PAG 2 + SEG, sdxl": (True, True, "sdxl", 1),
+    "PAG 2 + SEG, sd15": (True, True, "sd15", 1),
+    "PAG 2 + SEG, sdxl, batch 2": (True, True, "sdxl", 2),
+    "PAG 2 only, sdxl": (False, True, "sdxl", 1),
+    "SEG only, sdxl": (True, False, "sdxl", 1),
+    "SEG only, sdxl, batch 2": (True, False, "sdxl", 2),
+}
+
+
+@pytest.mark.parametrize("case", list(INCANTATIONS))
+def test_incantations_pag_and_seg(hosts_extras, case: str) -> None:
     asag, bare = hosts_extras
+    seg, pag, model, batch = INCANTATIONS[case]
     args = script_args(asag, "Incantations", {
-        ("Active", 0): True,  # SEG (the first submodule)
-        ("Active", 2): True,  # PAG (after SEG and S-CFG)
+        ("Active", 0): seg,  # SEG (the first submodule)
+        ("Active", 2): pag,  # PAG (after SEG and S-CFG)
         ("PAG Scale", 0): 2.0})
-    payload = base() if model == "sdxl" else base(SD15, 128)
+    payload = base(batch_size=batch) if model == "sdxl" else base(SD15, 128, batch_size=batch)
     payload = _scripts(payload, "Incantations", args)
-    assert_ok(compare(f"incantations PAG 2 + SEG, {model}", asag, bare, payload))
+    outcome = compare(f"incantations {case}", asag, bare, payload)
+    absent = outcome.results.get("absent")
+    if absent is not None:  # the submodules we meant are the ones that ran
+        assert ("SEG Active: True" in absent.infotexts[0]) == seg, absent.infotexts[0]
+        assert ("PAG Active: True" in absent.infotexts[0]) == pag, absent.infotexts[0]
+    assert_ok(outcome)

@@ -9,8 +9,6 @@ Environment:
   ASAG_A1111_REPORT      append one JSON line per checked configuration here (report.py renders them)
   ASAG_A1111_EXTRAS      a folder of third-party extensions (one clone per subfolder, see
                          install_extras.py); the third-party tests skip without it
-  ASAG_A1111_CACHE       optional folder caching the results of the server without ASAG (keyed by
-                         request, host commit and extensions), so later runs skip that server
   ASAG_A1111_THREADS     torch/OpenMP threads per server (default 1: fastest on a shared, loaded CPU)
   ASAG_A1111_SKIP_DONE   1: skip configurations already in ASAG_A1111_REPORT (resume a run)
   ASAG_A1111_PORT        first of four ports (default 7870): with-ASAG server, bare server, and the
@@ -30,16 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.realhost.harness import ResultCache, Server
+from tests.realhost.harness import Server
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _commit(path: Path) -> str:
-    import subprocess
-
-    done = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or "?"
 
 
 def host_dir() -> Path | None:
@@ -72,13 +63,9 @@ def _pair(tmp_path_factory: pytest.TempPathFactory, extras: Path | None, offset:
     servers = [Server(host, tmp_path_factory.mktemp(name), port + i, _extensions(host, name == "asag", extras))
                for i, name in enumerate(("asag", "bare"))]
     try:
-        servers[0].start()
-        cache = os.environ.get("ASAG_A1111_CACHE")
-        if cache:  # the bare server starts only on a cache miss
-            yield servers[0], ResultCache(Path(cache), servers[1], _commit(host / "webui"))
-        else:
-            servers[1].start()
-            yield servers[0], servers[1]
+        for server in servers:
+            server.start()
+        yield servers[0], servers[1]
     finally:
         for server in servers:
             server.stop()

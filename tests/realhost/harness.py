@@ -171,8 +171,6 @@ class Server:
             return exc.code, {"body": exc.read()[:2000].decode(errors="replace")}
 
     def generate(self, payload: dict, endpoint: str = "txt2img") -> Result:
-        if self.proc is None:  # a lazily started server (the bare one, when its results are cached)
-            self.start()
         start = time.time()
         code, body = self.call(f"/sdapi/v1/{endpoint}", payload)
         seconds = time.time() - start
@@ -187,34 +185,6 @@ def _port_in_use(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class ResultCache:
-    """Results of the server without ASAG, on disk, keyed by the request, the host commit, the
-    extensions loaded and the thread count: they do not depend on the ASAG version under test, so a second run (another
-    branch) need not start that server at all."""
-
-    def __init__(self, folder: Path, server: Server, host_commit: str):
-        self.folder, self.server = folder, server
-        self.salt = json.dumps([host_commit, sorted(server.extensions), os.environ.get("ASAG_A1111_THREADS", "1")])
-
-    def generate(self, payload: dict, endpoint: str = "txt2img") -> Result:
-        import hashlib
-
-        key = hashlib.sha256(json.dumps([self.salt, endpoint, payload], sort_keys=True).encode()).hexdigest()
-        path = self.folder / f"{key[:32]}.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            return Result([base64.b64decode(p) for p in data["pixels"]], data["infotexts"], data["info"], 0.0)
-        result = self.server.generate(payload, endpoint)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        data = {"pixels": [base64.b64encode(p).decode() for p in result.pixels], "infotexts": result.infotexts,
-                "info": result.info}
-        path.write_text(json.dumps(data))
-        return result
-
-    def new_log(self) -> str:
-        return self.server.new_log() if self.server.proc is not None else ""
 
 
 # ------------------------------------------------------------------------------------------------

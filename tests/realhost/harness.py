@@ -65,9 +65,12 @@ class Result:
 
     @property
     def asag_error(self) -> str | None:
-        text = json.dumps(self.info.get("extra_generation_params", {}))
-        joined = text + "\n".join(self.infotexts)
-        return joined if "ASAG error" in joined else None
+        """The `ASAG error` note of the job's info (or of an infotext), if any."""
+        params = self.info.get("extra_generation_params", {}) or {}
+        if "ASAG error" in params:
+            return str(params["ASAG error"])
+        found = [text for text in self.infotexts if "ASAG error" in text]
+        return found[0][found[0].index("ASAG error"):] if found else None
 
     def guided(self) -> list[bool]:
         """Per image: does its infotext claim that ASAG ran?"""

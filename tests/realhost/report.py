@@ -1,6 +1,6 @@
 """Render the JSON-lines reports of real-host runs (ASAG_A1111_REPORT) as one markdown table.
 
-    python -m tests.realhost.report LABEL=REPORT.jsonl [LABEL=REPORT.jsonl ...]
+    python -m tests.realhost.report LABEL=REPORT.jsonl[,MORE.jsonl] [LABEL=REPORT.jsonl ...]
 
 One row per configuration, one result column per labelled run (e.g. `main=…jsonl i9=…jsonl`); the
 last line of a configuration in a file wins. A result is "ok" or the first problem, shortened.
@@ -33,7 +33,12 @@ def cell(row: dict | None, width: int = 160) -> str:
 
 
 def main(argv: list[str]) -> None:
-    runs = [(label, load(path)) for label, _, path in (arg.partition("=") for arg in argv)]
+    runs = []
+    for label, _, paths in (arg.partition("=") for arg in argv):
+        rows: dict[str, dict] = {}
+        for path in paths.split(","):
+            rows.update(load(path))
+        runs.append((label, rows))
     configs: list[str] = []
     for _, rows in runs:
         configs += [c for c in rows if c not in configs]

@@ -35,6 +35,7 @@ NOTHING_GUIDED: dict[str, list[Any]] = {
     # enabled, scale, layers, iterations, tolerance, start, end, hires
     "hires pass only, Hires. fix off": [True, 3.0, "middle", 2, 0.001, 0.0, 1.0, "hires"],
     "window 0.8-0.85 selects no step of 4": [True, 3.0, "middle", 2, 0.001, 0.8, 0.85, "both"],
+    "scale 0": [True, 0.0, "middle", 2],
 }
 
 

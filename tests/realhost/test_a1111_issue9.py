@@ -46,6 +46,15 @@ def test_no_asag_infotext_when_nothing_was_guided(hosts, case: str) -> None:
     assert_ok(outcome)
 
 
+@pytest.mark.parametrize("passes", ["first", "hires"])
+def test_hires_fix_one_pass_only(hosts, passes: str) -> None:
+    """With Hires. fix on, 'first' / 'hires' guide one pass: the job is guided and says so."""
+    asag, bare = hosts
+    payload = base(enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.6)
+    assert_ok(compare(f"sdxl hires fix, ASAG on the {passes} pass only", asag, bare, payload,
+                      on_args=[True, 3.0, "middle", 2, 0.001, 0.0, 1.0, passes]))
+
+
 # (checkpoint, size where the middle block sees one token, payload changes)
 PAD_CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
     "sd15 pad off, short prompt + long negative": (SD15, 64, {"negative_prompt": LONG_PROMPT}),

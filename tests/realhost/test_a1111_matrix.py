@@ -110,3 +110,28 @@ def test_configuration(hosts, config: str) -> None:
     asag, bare = hosts
     endpoint, payload = CASES[config]
     assert_ok(compare(config, asag, bare, payload, endpoint))
+
+
+# The batched weak pass (the weak rows ride in the host's own UNet call) is chosen automatically only on
+# CUDA; forced here so the real host runs it on CPU too. Where it is unsafe ASAG falls back to the
+# separate call (ControlNet, different prompt lengths) and must still guide.
+BATCHED_ARGS = [True, 3.0, "middle", 2, 0.001, 0.0, 1.0, "both", 0.0, "rows", "batched"]
+BATCHED: dict[str, tuple[str, dict[str, Any]]] = {
+    "weak pass 'batched': sdxl": ("txt2img", base()),
+    "weak pass 'batched': sd15 batch 2": ("txt2img", base(SD15, 128, batch_size=2)),
+    "weak pass 'batched': sdxl AND prompt, batch 2": ("txt2img", base(prompt="a red cube AND a blue sphere :0.7",
+                                                                      batch_size=2)),
+    "weak pass 'batched': sdxl hires fix": ("txt2img", base(enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                                                            hr_second_pass_steps=2, denoising_strength=0.6)),
+    "weak pass 'batched': sdxl inpaint": ("img2img", _img2img("tiny_sdxl.safetensors", 64, True)),
+    "weak pass 'batched' (falls back): long prompt, batch 2": ("txt2img", base(prompt=LONG_PROMPT, batch_size=2)),
+    "weak pass 'batched' (falls back): ControlNet reference_only, batch 2": (
+        "txt2img", _controlnet([cn_unit("reference_only", 64)], batch_size=2)),
+}
+
+
+@pytest.mark.parametrize("config", list(BATCHED))
+def test_batched_weak_pass(hosts, config: str) -> None:
+    asag, bare = hosts
+    endpoint, payload = BATCHED[config]
+    assert_ok(compare(config, asag, bare, payload, endpoint, on_args=BATCHED_ARGS))

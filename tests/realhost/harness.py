@@ -136,6 +136,12 @@ class Server:
         # let the start-up model load finish before the first job (a job arriving during the load can
         # leave its checkpoint override in force, see the harness README)
         self.call("/sdapi/v1/options")
+        # One plain job first: A1111 seeds torch's global generator when it makes a job's noise, but the
+        # state before the first job depends on start-up timing (two servers without ASAG gave different
+        # pixels for the same first img2img + ControlNet reference job, which encodes its image with that
+        # generator before seeding). After this job both servers start from the same seeded state.
+        self.generate({"prompt": "warm-up", "steps": 1, "width": 64, "height": 64, "seed": 1,
+                       "override_settings": {"sd_model_checkpoint": SETTINGS["sd_model_checkpoint"]}})
         self._log_mark = self.log_text_size()
 
     def stop(self) -> None:

@@ -188,7 +188,8 @@ def settle_infotext(p: object) -> None:
     if guided:
         extra.update(job.infotext)  # an earlier unguided batch may have removed them
         return
-    strip_infotext(p)
+    for key in job.infotext:  # the parameters only: an 'ASAG error' note stays
+        extra.pop(key, None)
     job.say_once(f"nothing was guided ({job.reasons()}); the ASAG parameters are left out of the infotext")
 
 

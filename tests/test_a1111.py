@@ -192,7 +192,7 @@ def test_sdxl_middle_block(a1111_host, kernel_calls):
     host.set_model("sdxl")
     guided = host.txt2img(seed=1, steps=2, width=128, height=128, alwayson={"ASAG": [True, 1.5, "middle"]})
     assert len(kernel_calls) == 10 * 2
-    assert "ASAG layers: middle" in guided.infotexts[0]
+    assert "ASAG scale: 1.5" in guided.infotexts[0] and "ASAG layers" not in guided.infotexts[0]  # the default
 
 
 def test_alternative_unet_is_refused_with_a_message(a1111_host, kernel_calls, capsys):

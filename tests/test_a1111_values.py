@@ -97,8 +97,8 @@ def test_guided_step_equals_cfg_plus_the_weighted_mean_term(a1111_host, sampler,
     torch.testing.assert_close(seen["guided"], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_rescale_changes_the_term_only(a1111_host):
-    """At rescale 1 the term is scaled by a factor; CFG's own part is untouched (scale 0 stays off)."""
+def test_scale_zero_with_rescale_is_still_off(a1111_host):
+    """Rescale acts on the ASAG term only, so at scale 0 the step is the host's own, bit for bit."""
     host = a1111_host
     seen = _capture(host)
     host.txt2img(prompt=AND_PROMPT, seed=4, batch_size=2, steps=2, width=64, height=64,

@@ -251,20 +251,41 @@ def test_hires_choice(forge_host, choice, base_weak, hires_weak):
         assert result.pbes_unets[1].extra_preserved_memory_during_sampling == 0
 
 
+@pytest.mark.parametrize("forge_host", ["forge2", "neo", "ldm_patched"], indirect=True)
 @pytest.mark.parametrize("prediction", ["flow", "eps"])
-def test_schedule_window_by_fraction(forge_host, prediction):
+def test_window_is_a_fraction_of_the_sampling_steps(forge_host, prediction):
+    """Step i of N is guided iff start <= i/N < end: with 6 steps and [0.3, 0.8) that is steps 2, 3, 4
+    (2/6 = 0.33, 4/6 = 0.67, 5/6 = 0.83), whatever the sigmas of the schedule are."""
     engine = forge_host.make_engine("sd15", prediction=prediction)
-    predictor = engine.forge_objects.unet.model.predictor
     result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.3, end=0.8), steps=6, **SIZE)
-    high, low = predictor.percent_to_sigma(0.3), predictor.percent_to_sigma(0.8)
-    if prediction == "flow":
-        assert all(0.0 <= c.sigma <= 1.0 for c in result.calls)
-        assert (high, low) == pytest.approx((0.7, 0.2))
-    weak_sigmas = [c.sigma for c in result.weak_calls]
-    main_sigmas = [c.sigma for c in result.main_calls]
-    expected = [s for s in main_sigmas if low < s <= high]
-    assert weak_sigmas == expected
-    assert 0 < len(expected) < len(main_sigmas)
+    main = [c.sigma for c in result.main_calls]
+    assert len(main) == 6
+    assert [c.sigma for c in result.weak_calls] == [main[2], main[3], main[4]]
+
+
+@pytest.mark.parametrize("forge_host", ["forge2", "neo"], indirect=True)
+def test_both_calls_of_a_heun_step_share_the_decision(forge_host):
+    """Heun: step i calls at sigma_i and (correction) at sigma_i+1, the last step only once: 4 steps make
+    7 calls. [0.25, 0.75) guides steps 1 and 2, i.e. calls 2-5, although calls 1 and 5 sit at the sigma of
+    a step outside the window."""
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.25, end=0.75), steps=4,
+                                sampler="heun", **SIZE)
+    main = [c.sigma for c in result.main_calls]
+    assert len(main) == 7 and main[1] == main[2] and main[3] == main[4]
+    assert [c.sigma for c in result.weak_calls] == main[2:6]
+
+
+@pytest.mark.parametrize("forge_host", ["forge2", "neo", "ldm_patched"], indirect=True)
+def test_hires_window_counts_the_steps_of_the_hires_pass(forge_host):
+    """The hires pass runs the last 4 steps of an 8-step schedule (denoising 0.5): its own steps 0-3."""
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.5), steps=4, hires=True,
+                                hr_steps=4, **SIZE)
+    base = [c.sigma for c in result.main_calls if c.x_shape[-1] == 8]
+    hires = [c.sigma for c in result.main_calls if c.x_shape[-1] == 16]
+    assert len(base) == len(hires) == 4
+    assert [c.sigma for c in result.weak_calls] == base[2:] + hires[2:]
 
 
 def test_api_dict_in_slot_zero_wins_over_ui_defaults(forge_host):

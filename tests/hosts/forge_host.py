@@ -250,7 +250,7 @@ class ForgeHost:
         objects = ForgeObjects(unet, None, None, None)
         flags = {"sd15": "is_sd1", "sd2": "is_sd2", "sdxl": "is_sdxl", "sdxl-refiner": "is_sdxl"}
         engine = ForgeDiffusionEngine(objects, **({} if dit else {flags[family]: True}))
-        if self.flavour != "forge2":  # reForge's LatentDiffusion: forge_objects, no Forge2 engine flags
+        if self.flavour == "ldm_patched":  # reForge's LatentDiffusion: forge_objects, no Forge2 engine flags
             engine = SimpleNamespace(forge_objects=objects, forge_objects_original=objects.shallow_copy(),
                                      forge_objects_after_applying_lora=objects.shallow_copy())
         engine.test_context_dim, engine.test_adm = context_dim, adm

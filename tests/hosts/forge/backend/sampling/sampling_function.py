@@ -97,7 +97,7 @@ def calc_cond_uncond_batch(model: Any, cond: list, uncond: list | None, x_in: to
             weights[marker] = weights[marker] + w
     result = []
     for marker in (COND, UNCOND):
-        seen = weights[marker] > 0
+        seen = weights[marker] != 0  # the hosts divide by the summed strengths, negative sums included
         result.append(torch.where(seen, sums[marker] / torch.where(seen, weights[marker], 1.0), sums[marker]))
     return result[0], result[1]
 

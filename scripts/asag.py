@@ -51,5 +51,10 @@ class ASAGScript(scripts.Script):
         if current is not None and ADAPTER is not None:
             ADAPTER.before_sampling(p, current, **kwargs)
 
+    def postprocess_batch(self, p, *args, **kwargs):
+        # after sampling and decoding, before each image's infotext is made and saved (hosts.md §1.2)
+        if getattr(ADAPTER, "REPORTS_STEPS", False):
+            job.settle_infotext(p)
+
     def postprocess(self, p, processed, *args):
-        job.clear_job(p)
+        job.finish_job(p)

@@ -29,9 +29,13 @@ from asag_lib.attention import (
     make_row_selective_forward,
     patched_forwards,
 )
-from asag_lib.hosts.job import Job, get_job, pass_selected, report_error, strip_infotext
+from asag_lib.hosts.job import Job, get_job, pass_selected, report_error
 
 CALLBACK_NAME = "asag"
+REPORTS_STEPS = True
+"""This adapter reports every sampler step to the job (`Job.step_done`), so the script may drop the
+infotext of batches in which nothing was guided (`job.settle_infotext`)."""
+WINDOW = "outside the start/end window"
 
 
 @dataclasses.dataclass
@@ -41,6 +45,10 @@ class _Step:
     job: Job
     params: Any  # CFGDenoiserParams: x, sigma, image_cond, text_cond, text_uncond, denoiser
     conds_list: list[list[tuple[int, float]]]
+    index: int = 0
+    """The sampler step of this model call within its pass (`guidance.sampler_step`)."""
+    skip_uncond: bool = False
+    """The host skips the uncond rows in this call (skip early CFG / NGMS), hosts.md §2.3 item 10."""
     delta: Tensor | None = None
     cond_rows: Tensor | None = None
     weak_rows: tuple[int, int] | None = None
@@ -95,8 +103,6 @@ def _resolve(job: Job, unet: Any, p: Any) -> _Target | None:
     try:
         resolved = layers.resolve(unet, job.settings.layers)
     except ValueError as exc:
-        if not job.state.get("guided"):
-            strip_infotext(p)  # nothing was guided yet: keep 'ASAG scale' meaning that ASAG ran
         report_error(p, f"ASAG sampling: invalid value {job.settings.layers!r} for 'layers' on this model: {exc}; "
                         "ASAG is off for this model")
     else:
@@ -105,43 +111,53 @@ def _resolve(job: Job, unet: Any, p: Any) -> _Target | None:
     return target
 
 
-def _summary(job: Job, target: _Target, unet: Any, x: Tensor | None, is_hr: bool) -> str:
-    settings = job.settings
-    text = f"{len(target.refs)} layer(s) {layers.describe(target.refs)}"
+def _describe(job: Job, target: _Target, unet: Any, x: Tensor | None, is_hr: bool) -> None:
+    """Layers and token counts of this pass for the end-of-job line; a slow size is said at once."""
+    text = f"{len(target.refs)} layers ({layers.describe(target.refs)})"
     if x is not None:
         h, w = x.shape[-2:]
         counts = sorted(set(layers.token_counts(unet, target.refs, h, w).values()))
-        text += f", {'/'.join(map(str, counts))} tokens per layer at {w * 8}×{h * 8}"
+        text += f", {'/'.join(map(str, counts))} tokens"
         big = [n for n in counts if n > 16384]
         if big:
-            text += f" (warning: {max(big)} tokens make the Sinkhorn pass slow)"
-    window = "" if (settings.start, settings.end) == (0.0, 1.0) else f", steps {settings.start:.0%}–{settings.end:.0%}"
-    return (f"{'hires pass' if is_hr else 'sampling'}: scale {settings.scale:g}, {text}, "
-            f"{settings.iterations} Sinkhorn iteration(s){window}")
+            job.say_once(f"warning: {max(big)} tokens per layer at {w * 8}×{h * 8} make the Sinkhorn pass slow")
+    job.detail(("hires pass: " if is_hr else "") + text)
 
 
 def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None:
-    """`process_before_every_sampling`: decide whether this pass is guided and resolve its layers."""
+    """`process_before_every_sampling`: decide whether this pass is guided and resolve its layers.
+
+    A pass that is not guided keeps its reason in `state['pass_skip']`; each of its steps is then
+    reported to the job with that reason (console line once, end-of-job summary, infotext decision)."""
     state = job.state
     is_hr = bool(getattr(p, "is_hr_pass", False))
+    job.begin_pass()
     state["pass_active"] = False
-    if state.get("failed"):
-        return
-    if not pass_selected(job.settings.hires, is_hr):
-        job.say_once(f"{'hires' if is_hr else 'first'} pass not guided (Hires. fix setting '{job.settings.hires}')")
-        return
-    unet = _diffusion_model()
-    reason = _unsupported_reason(unet)
+    state["pass_skip"] = None
+    reason = _pass_skip_reason(p, job, is_hr)
     if reason:
+        state["pass_skip"] = reason
         job.say_once(reason)
         return
+    unet = _diffusion_model()
     target = _resolve(job, unet, p)
     if target is None:
+        state["pass_skip"] = "the layer spec does not fit this model"
         return
-    job.say_once(_summary(job, target, unet, x, is_hr))
+    _describe(job, target, unet, x, is_hr)
     state["pass_active"] = True
-    state["guided"] = True
     state["pass_unet"] = target.unet_id  # a model change after this point is a refiner switch
+
+
+def _pass_skip_reason(p: Any, job: Job, is_hr: bool) -> str | None:
+    if job.state.get("failed"):
+        return "the weak pass failed earlier in this job"
+    hires = job.settings.hires
+    if not pass_selected(hires, is_hr):
+        which = "hires" if is_hr else "first"
+        off = "" if is_hr or getattr(p, "enable_hr", False) or hires != "hires" else " and Hires. fix is off"
+        return f"{which} pass not guided (Hires. fix setting '{hires}'{off})"
+    return _unsupported_reason(_diffusion_model())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,12 +269,11 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
                                          KernelOptions.from_settings(step.job.settings), _context_transform(),
                                          regrouped)
     denoiser = params.denoiser
-    # arm the wrapper before touching the batch, so a failure leaves the host's batch as it was
-    denoiser.model_wrap = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
-    params.x = _insert_rows(params.x, n_cond)
-    params.sigma = _insert_rows(params.sigma, n_cond)
-    params.image_cond = _insert_rows(params.image_cond, n_cond)
-    params.text_cond = _insert_rows(params.text_cond, n_cond)
+    # build all four first: a failure part-way must leave the host's rows as they were (matched)
+    grown = [_insert_rows(value, n_cond) for value in (params.x, params.sigma, params.image_cond, params.text_cond)]
+    wrapper = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
+    denoiser.model_wrap = wrapper
+    params.x, params.sigma, params.image_cond, params.text_cond = grown
     step.weak_rows = (n_cond, 2 * n_cond)
 
 
@@ -280,20 +295,51 @@ def _context_transform() -> ContextTransform | None:
     return transform
 
 
+def _step_index(denoiser: Any) -> tuple[int, int]:
+    """(sampler step of this model call, steps of the pass): from the call counter and the calls the
+    host expects for the pass (`denoiser.total_steps`, doubled for second-order samplers)."""
+    steps = int(getattr(denoiser, "steps", 0) or 0)
+    calls = int(getattr(denoiser, "total_steps", 0) or 0)
+    return guidance.sampler_step(int(denoiser.step), calls, steps), steps
+
+
+def _host_skips_uncond(params: Any, denoiser: Any) -> bool:
+    """Whether the host drops the uncond rows in this call (hosts.md §2.3 item 10), recomputed from the
+    same options and counters the host uses, so the weak call can be sized like the host's calls."""
+    from modules import shared
+
+    opts = shared.opts
+    early = getattr(opts, "skip_early_cond", 0.0) or 0.0
+    if early and denoiser.step / max(denoiser.total_steps or 1, 1) <= early:
+        return True
+    s_min = (getattr(denoiser.sampler, "sampler_extra_args", None) or {}).get("s_min_uncond", 0.0) or 0.0
+    every = getattr(opts, "s_min_uncond_all", False)
+    n_images = _cond_rows(params.text_uncond)
+    sigma = params.sigma[-n_images] if params.sigma.shape[0] >= n_images else params.sigma[0]
+    return bool(s_min > 0 and (denoiser.step % 2 or every) and float(sigma) < s_min)
+
+
 def on_cfg_denoiser(params: Any) -> None:
     _current.clear()
     denoiser = getattr(params, "denoiser", None)
     _unwrap_stale(denoiser)
     job = get_job(getattr(denoiser, "p", None))
-    if job is None or not job.state.get("pass_active") or job.state.get("failed"):
+    if job is None:
         return
-    progress = guidance.progress(denoiser.step, denoiser.total_steps)
-    if not guidance.in_window(progress, job.settings.start, job.settings.end):
+    index, steps = _step_index(denoiser)
+    reason = job.state.get("pass_skip") or ("the weak pass failed earlier in this job" if job.state.get("failed")
+                                            else None)
+    if reason or not job.state.get("pass_active"):
+        job.step_done(index, reason or "ASAG was not set up for this pass")
+        return
+    if not guidance.step_in_window(index, steps, job.settings.start, job.settings.end):
+        job.step_done(index, WINDOW)
         return
     from modules import prompt_parser
 
     conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"], denoiser.step)
-    step = _Step(job, params, [list(entries) for entries in conds_list])
+    step = _Step(job, params, [list(entries) for entries in conds_list], index=index,
+                 skip_uncond=_host_skips_uncond(params, denoiser))
     _current.append(step)
     unet = _diffusion_model()
     target = _resolve(job, unet, denoiser.p)
@@ -324,24 +370,85 @@ def _condition_dict(text_cond: Any, image_cond: Tensor) -> dict[str, Any]:
     return {"c_crossattn": [text_cond], "c_concat": [image_cond]}
 
 
-def _weak_chunks(n_cond: int, n_images: int, n_rows: int, pad: bool) -> list[tuple[list[int], list[int]]]:
-    """(cond rows, rows to send) for each weak call.
+def _host_text_cond(text_cond: Any, text_uncond: Any) -> Any:
+    """The cond rows exactly as the host's cond calls saw them (hosts.md §2.3 item 11).
 
-    Without a UNet hook: one call on the cond rows (or slices of one image batch each, as the host does
-    when `batch_cond_uncond` is off). With a hook such as ControlNet's, whose units cache tensors at
-    the first call's batch size (reference, inpaint), every call has the host's call size, padded with
-    repeats of its first row; the extra outputs are discarded.
+    With 'pad prompt/negative prompt' on and a cond shorter than the uncond, the host pads a local copy
+    of a tensor cond with repeats of the empty prompt (an SDXL dict is padded in place, so it arrives
+    here already padded). `pad_cond_uncond_v0` pads or truncates the uncond only: the cond is unchanged.
     """
     from modules import shared
 
-    size = n_rows if shared.opts.batch_cond_uncond else n_images
-    if not pad and shared.opts.batch_cond_uncond:
-        size = n_cond
+    opts = shared.opts
+    lengths = _tokens(text_cond), _tokens(text_uncond)
+    if lengths[0] >= lengths[1] or getattr(opts, "pad_cond_uncond_v0", False) or not getattr(opts, "pad_cond_uncond", False):
+        return text_cond
+    empty = shared.sd_model.cond_stage_model_empty_prompt
+    repeats = -((lengths[0] - lengths[1]) // empty.shape[1])  # the host's count of empty-prompt chunks
+    if repeats <= 0:
+        return text_cond
+    tokens = text_cond["crossattn"] if isinstance(text_cond, dict) else text_cond
+    padded = torch.cat([tokens, empty.to(tokens).repeat(tokens.shape[0], repeats, 1)], dim=1)
+    return type(text_cond)({**text_cond, "crossattn": padded}) if isinstance(text_cond, dict) else padded
+
+
+def _lengths_equal_for_host(text_cond: Any, text_uncond: Any) -> bool:
+    """Whether the host runs cond and uncond rows in one batch (equal token lengths after its padding)."""
+    from modules import shared
+
+    opts = shared.opts
+    cond, uncond = _tokens(text_cond), _tokens(text_uncond)
+    if cond == uncond or getattr(opts, "pad_cond_uncond_v0", False):
+        return True
+    if not getattr(opts, "pad_cond_uncond", False):
+        return False
+    empty = shared.sd_model.cond_stage_model_empty_prompt.shape[1]
+    repeats = (cond - uncond) // empty  # as the host computes it: < 0 pads the cond, > 0 the uncond
+    if repeats < 0:
+        cond -= repeats * empty
+    else:
+        uncond += repeats * empty
+    return cond == uncond
+
+
+def _host_cond_calls(n_cond: int, n_images: int, equal_lengths: bool, skip_uncond: bool,
+                     together: bool) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of the host's model calls in this step that hold cond rows (hosts.md §2.3 item 12).
+
+    Equal lengths (or a skip-uncond step): one call on all rows with 'batch cond/uncond', else slices
+    of B rows (a slice may hold cond and uncond rows). Different lengths: the cond rows in chunks of
+    2B (B without 'batch cond/uncond'), the uncond rows in a call of their own.
+    """
+    if equal_lengths or skip_uncond:
+        rows = n_cond if skip_uncond else n_cond + n_images
+        size = rows if together else n_images
+    else:
+        rows, size = n_cond, 2 * n_images if together else n_images
+    return [(a, min(a + size, rows)) for a in range(0, n_cond, size)]
+
+
+def _weak_chunks(step: _Step, n_cond: int, hooked: bool) -> list[tuple[list[int], list[int]]]:
+    """(cond rows, rows to send) for each weak call.
+
+    Without a UNet hook: one call on all cond rows (slices of B rows without 'batch cond/uncond').
+    With a hook such as ControlNet's, whose units cache tensors at the size of the first call of the
+    job (reference, inpaint, colorfix), every weak call has the size of the host's matching call in
+    this step, the rows beyond the cond rows filled with repeats of its first cond row (their outputs
+    are discarded): the weak calls then work exactly when the host's own calls do.
+    """
+    from modules import shared
+
+    together = bool(shared.opts.batch_cond_uncond)
+    n_images = len(step.conds_list)
+    if not hooked:
+        size = n_cond if together else n_images
+        return [(list(range(a, min(a + size, n_cond))),) * 2 for a in range(0, n_cond, size)]
+    params = step.params
+    equal = _lengths_equal_for_host(params.text_cond, params.text_uncond)
     chunks = []
-    for start in range(0, n_cond, size):
-        rows = list(range(start, min(start + size, n_cond)))
-        sent = rows + [rows[0]] * (size - len(rows)) if pad else rows
-        chunks.append((rows, sent))
+    for a, b in _host_cond_calls(n_cond, n_images, equal, step.skip_uncond, together):
+        rows = list(range(a, min(b, n_cond)))
+        chunks.append((rows, rows + [rows[0]] * (b - a - len(rows))))
     return chunks
 
 
@@ -352,14 +459,12 @@ def _unet_is_hooked(unet: Any) -> bool:
 
 def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
     params = step.params
-    text_cond = params.text_cond
+    text_cond = _host_text_cond(params.text_cond, params.text_uncond)
     n_cond = _cond_rows(text_cond)
-    n_images = len(step.conds_list)
-    pad = _unet_is_hooked(_diffusion_model())
     forward = make_attn1_forward(KernelOptions.from_settings(step.job.settings), _context_transform())
     weak = torch.empty_like(params.x[:n_cond])
     with patched_forwards(target.modules, forward):
-        for rows, sent in _weak_chunks(n_cond, n_images, params.x.shape[0], pad):
+        for rows, sent in _weak_chunks(step, n_cond, _unet_is_hooked(_diffusion_model())):
             index = torch.tensor(sent, dtype=torch.long)
             out = inner_model(
                 _rows(params.x, index),
@@ -375,39 +480,57 @@ def on_cfg_denoised(params: Any) -> None:
         return
     step = _current[0]
     denoiser = step.params.denoiser
+    job = step.job
     if params.inner_model is not denoiser.inner_model:
+        job.step_done(step.index, "another extension replaced the model for this call")
         _current.clear()
         return
-    job = step.job
     unet = _diffusion_model()
     target = _resolve(job, unet, denoiser.p)
     if target is None:
+        job.step_done(step.index, "the layer spec does not fit this model")
         _current.clear()
         return
     if target.unet_id != job.state.get("pass_unet", target.unet_id):
         job.say_once(f"model changed during sampling (refiner switch): now {len(target.refs)} layer(s) "
                      f"{layers.describe(target.refs)}")
+        job.detail(f"after the refiner switch {len(target.refs)} layers ({layers.describe(target.refs)})")
         job.state["pass_unet"] = target.unet_id
     if step.weak_rows is not None:
         start, end = step.weak_rows
         if not step.batched_ok:
             job.say_once("the batched weak pass saw a regrouped batch; no guidance on those steps")
+            job.step_done(step.index, "another extension regrouped the batched weak rows")
             _current.clear()
             return
+        job.weak_pass()
         step.delta = params.x[:start] - params.x[start:end]
-        step.cond_rows = params.x[:start] if job.settings.rescale else None
+        step.cond_rows = params.x[:start]
         return
     try:
         weak = _weak_prediction(step, params.inner_model, target)
     except Exception as exc:  # a failing weak pass must never break the host's sampling
         job.state["failed"] = True
+        job.step_done(step.index, "the weak pass failed")
         _current.clear()
         report_error(denoiser.p, f"ASAG weak pass failed ({type(exc).__name__}: {exc}); "
                                  "ASAG is off for the rest of this job")
         return
+    job.weak_pass()
     cond_rows = params.x[: weak.shape[0]]
     step.delta = cond_rows - weak
-    step.cond_rows = cond_rows if job.settings.rescale else None
+    step.cond_rows = cond_rows
+
+
+def _eps_input(step: _Step) -> Tensor | None:
+    """The noisy input of each image when the host's predictions are x0 (k-diffusion samplers), so the
+    rescale factor is measured in eps space (eps = (x − x0)/sigma); None when they already are eps."""
+    from modules import sd_samplers_timesteps
+
+    if isinstance(step.params.denoiser, sd_samplers_timesteps.CFGDenoiserTimesteps):
+        return None
+    x_in = step.params.x
+    return torch.stack([x_in[entries[0][0]] for entries in step.conds_list])
 
 
 def on_cfg_after_cfg(params: Any) -> None:
@@ -418,16 +541,19 @@ def on_cfg_after_cfg(params: Any) -> None:
         return
     settings = step.job.settings
     denoised = params.x
+    # s · sum_k (w_k / sum_j w_j)(cond_k − weak_k) per image (guidance.per_image)
     term = guidance.per_image(step.delta, step.conds_list).to(denoised.dtype) * settings.scale
     guided = denoised + term
     if settings.rescale:
-        reference = guidance.weighted_cond(step.cond_rows, step.conds_list).to(guided.dtype)
-        guided = guidance.rescale_like(guided, reference, settings.rescale)
+        cond = guidance.per_image(step.cond_rows, step.conds_list).to(denoised.dtype)
+        x = _eps_input(step)
+        guided = guidance.add_term(denoised, term, cond, settings.rescale, None if x is None else x.to(denoised.dtype))
     denoiser = step.params.denoiser
     if getattr(denoiser, "mask", None) is not None and not getattr(denoiser, "mask_before_denoising", False):
         # The inpainting blend already ran on k-diffusion samplers: keep preserved areas untouched.
         guided = denoised + (guided - denoised) * denoiser.nmask
     params.x = guided
+    step.job.step_done(step.index)
 
 
 CALLBACKS: Sequence[tuple[str, Any]] = (

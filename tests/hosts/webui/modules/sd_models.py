@@ -128,19 +128,26 @@ class UNetWrapper(torch.nn.Module):
 
 
 class FakeTextEncoder:
-    """Deterministic stand-in for CLIP: each prompt text seeds a generator giving [77, context_dim] token
-    embeddings (and for SDXL a pooled [adm_in_channels] vector). Equal texts give equal rows."""
+    """Deterministic stand-in for CLIP: each prompt text seeds a generator giving [77·k, context_dim]
+    token embeddings (and for SDXL a pooled [adm_in_channels] vector). Equal texts give equal rows.
+
+    As in A1111, a prompt takes one 77-token chunk per 75 tokens (here: one token per word) and every
+    prompt of one encoder call is padded to the call's longest chunk count."""
 
     tokens = 77
+
+    @staticmethod
+    def chunks(text: str) -> int:
+        return max(1, -(-len(text.split()) // 75))
 
     def __init__(self, family: str, context_dim: int, adm_in_channels: int | None) -> None:
         self.family = family
         self.context_dim = context_dim
         self.adm_in_channels = adm_in_channels
 
-    def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, text: str, chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         gen = torch.Generator().manual_seed(_text_seed(text, self.family))
-        tokens = torch.randn(self.tokens, self.context_dim, generator=gen)
+        tokens = torch.randn(self.tokens * chunks, self.context_dim, generator=gen)
         pooled = None if self.adm_in_channels is None else torch.randn(self.adm_in_channels, generator=gen) * 0.1
         return tokens, pooled
 
@@ -167,6 +174,9 @@ class DoubleSdModel(torch.nn.Module):
             self.conditioner = self.encoder
         else:
             self.cond_stage_model = self.encoder
+        empty = self.get_learned_conditioning([""])
+        # what the host's padding appends: the empty prompt's tokens, [1, 77, dim] (crossattn for SDXL)
+        self.cond_stage_model_empty_prompt = empty["crossattn"] if self.is_sdxl else empty
         self.sd_checkpoint_info = info
         self.sd_model_checkpoint = info.filename
         self.sd_model_hash = info.shorthash
@@ -174,7 +184,8 @@ class DoubleSdModel(torch.nn.Module):
         self.dtype = devices.dtype
 
     def get_learned_conditioning(self, prompts: list[str]) -> Any:
-        encoded = [self.encoder.encode(text) for text in prompts]
+        chunks = max(self.encoder.chunks(text) for text in prompts)
+        encoded = [self.encoder.encode(text, chunks) for text in prompts]
         crossattn = torch.stack([tokens for tokens, _ in encoded])
         if not self.is_sdxl:
             return crossattn

@@ -39,6 +39,14 @@ def _token_count(cond: Any) -> int:
     return cond.shape[1]
 
 
+def _append_tokens(cond: Any, extra: torch.Tensor) -> Any:
+    """cond with `extra` ([rows or 1, n, dim]) appended on the token axis; an SDXL dict is changed in place."""
+    if isinstance(cond, dict):
+        cond["crossattn"] = _append_tokens(cond["crossattn"], extra)
+        return cond
+    return torch.cat([cond, extra.expand(cond.shape[0], -1, -1)], dim=1)
+
+
 _INITIAL_STATE: dict[str, Any] = dict(
     model_wrap=None, p=None, mask=None, nmask=None, init_latent=None, steps=None, total_steps=None, step=0,
     image_cfg_scale=None, padded_cond_uncond=False, padded_cond_uncond_v0=False, cond_scale_miltiplier=1.0,
@@ -83,6 +91,33 @@ class CFGDenoiser(torch.nn.Module):
     def get_pred_x0(self, x_in: torch.Tensor, x_out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """k-diffusion models already predict x0."""
         return x_out
+
+    def pad_cond_uncond(self, cond: Any, uncond: Any) -> tuple[Any, Any]:
+        """Pad the shorter of the two with whole copies of the empty prompt's tokens."""
+        empty = shared.sd_model.cond_stage_model_empty_prompt
+        repeats = (_token_count(cond) - _token_count(uncond)) // empty.shape[1]
+        if repeats:
+            filler = empty.repeat(1, abs(repeats), 1)
+            if repeats < 0:
+                cond = _append_tokens(cond, filler)
+            else:
+                uncond = _append_tokens(uncond, filler)
+            self.padded_cond_uncond = True
+        return cond, uncond
+
+    def pad_cond_uncond_v0(self, cond: Any, uncond: Any) -> tuple[Any, Any]:
+        """The pre-1.6 padding: the uncond takes the cond's length (last token repeated, or cut)."""
+        vec = uncond["crossattn"] if isinstance(uncond, dict) else uncond
+        want = _token_count(cond)
+        if vec.shape[1] < want:
+            vec = torch.cat([vec, vec[:, -1:].expand(-1, want - vec.shape[1], -1)], dim=1)
+        else:
+            vec = vec[:, :want]
+        self.padded_cond_uncond_v0 = True
+        if isinstance(uncond, dict):
+            uncond["crossattn"] = vec
+            return cond, uncond
+        return cond, vec
 
     def update_inner_model(self) -> None:
         """After a model switch: rebuild the model wrapper lazily and take the new model's conds."""
@@ -162,9 +197,15 @@ class CFGDenoiser(torch.nn.Module):
         x_in, image_cond_in, sigma_in = before.x, before.image_cond, before.sigma
         text, uncond = before.text_cond, before.text_uncond
 
-        skip = self._skip_uncond(sigma_in, s_min_uncond)
+        skip = self._skip_uncond(sigma, s_min_uncond)
         if skip:
             x_in, sigma_in = x_in[:-n_images], sigma_in[:-n_images]
+        self.padded_cond_uncond = self.padded_cond_uncond_v0 = False
+        if _token_count(text) != _token_count(uncond):  # local copies (an SDXL dict in place)
+            if shared.opts.pad_cond_uncond_v0:
+                text, uncond = self.pad_cond_uncond_v0(text, uncond)
+            elif shared.opts.pad_cond_uncond:
+                text, uncond = self.pad_cond_uncond(text, uncond)
         x_out = self._run_model(x_in, sigma_in, image_cond_in, text, uncond, n_images, skip)
         firsts = [pairs[0][0] for pairs in conds_list]
         if skip:

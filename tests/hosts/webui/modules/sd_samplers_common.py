@@ -25,8 +25,9 @@ class SamplerData:
     options: dict[str, Any]
 
     def total_steps(self, steps: int) -> int:
-        """Model calls a pass of `steps` steps makes (second-order samplers call twice per step)."""
-        return steps * 2 - 1 if self.options.get("second_order") else steps
+        """Model calls the host expects for a pass of `steps` steps (second-order samplers: twice as
+        many; their last step, to sigma 0, actually makes one call)."""
+        return steps * 2 if self.options.get("second_order") else steps
 
 
 class InterruptedException(BaseException):
@@ -120,11 +121,12 @@ class Sampler:
         return {}
 
     def _launch(self, p: Any, start: torch.Tensor, schedule: torch.Tensor, conditioning: Any,
-                unconditional_conditioning: Any, image_conditioning: Any, calls: int, **func_kwargs: Any) -> torch.Tensor:
-        """Prepare the denoiser for one pass of `calls` model calls and run `self.func` over `schedule`."""
+                unconditional_conditioning: Any, image_conditioning: Any, steps: int, **func_kwargs: Any) -> torch.Tensor:
+        """Prepare the denoiser for one pass of `steps` sampler steps over `schedule` (the steps, and the
+        model calls expected for them) and run `self.func`."""
         self.initialize(p)
         denoiser = self.model_wrap_cfg
-        denoiser.steps, denoiser.total_steps = p.steps, calls
+        denoiser.steps, denoiser.total_steps = steps, self.config.total_steps(steps)
         self.last_latent = start.clone()
         self.sampler_extra_args = dict(cond=conditioning, image_cond=image_conditioning, uncond=unconditional_conditioning,
                                        cond_scale=p.cfg_scale, s_min_uncond=self.s_min_uncond)
@@ -133,7 +135,7 @@ class Sampler:
             return self.func(denoiser, start, schedule, extra_args=self.sampler_extra_args,
                              callback=self.callback_state, **func_kwargs)
 
-        return self.launch_sampling(len(schedule) - 1, run)
+        return self.launch_sampling(steps, run)
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         raise NotImplementedError("txt2img sampling is up to the sampler family")

@@ -1,4 +1,4 @@
-"""Test double of modules.sd_samplers_kdiffusion for these tests; Euler and Euler a only.
+"""Test double of modules.sd_samplers_kdiffusion for these tests; Euler, Euler a and Heun only.
 
 The default (uniform-in-timestep) sigma schedule and a CompVisDenoiser-like x0 wrapper of the model.
 Leaves out k-diffusion itself, other samplers, schedulers (Karras, ...) and sampler options.
@@ -81,7 +81,28 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
-_FUNCTIONS = {"sample_euler": sample_euler, "sample_euler_ancestral": sample_euler_ancestral}
+@torch.no_grad()
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
+    """Heun (Karras et al. 2022, Alg. 2 without churn): an Euler step, then the trapezoid correction
+    with a second model call at the next sigma; the step callback runs between the two calls, and the
+    last step (to sigma 0) is a plain Euler step with one call."""
+    ones = x.new_ones(x.shape[0])
+    for i, (s_now, s_next) in _steps(sigmas):
+        denoised = model(x, s_now * ones, **(extra_args or {}))
+        slope = (x - denoised).div(s_now)
+        if callback:
+            callback({"x": x, "i": i, "sigma": s_now, "sigma_hat": s_now, "denoised": denoised})
+        if s_next == 0:
+            x = x + slope * (s_next - s_now)
+            continue
+        guess = x + slope * (s_next - s_now)
+        denoised_next = model(guess, s_next * ones, **(extra_args or {}))
+        slope_next = (guess - denoised_next).div(s_next)
+        x = x + (slope + slope_next) / 2 * (s_next - s_now)
+    return x
+
+
+_FUNCTIONS = {"sample_euler": sample_euler, "sample_euler_ancestral": sample_euler_ancestral, "sample_heun": sample_heun}
 
 
 class KDiffusionSampler(sd_samplers_common.Sampler):
@@ -103,7 +124,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         count = steps or p.steps
         schedule = self.get_sigmas(p, count)
         return self._launch(p, x * schedule[0], schedule, conditioning, unconditional_conditioning,
-                            image_conditioning, self.config.total_steps(count), noise_sampler=self._noise_sampler(p))
+                            image_conditioning, len(schedule) - 1, noise_sampler=self._noise_sampler(p))
 
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
@@ -111,12 +132,13 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         length, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
         schedule = self.get_sigmas(p, length)[length - t_enc - 1:]
         return self._launch(p, x + noise * schedule[0], schedule, conditioning, unconditional_conditioning,
-                            image_conditioning, t_enc + 1, noise_sampler=self._noise_sampler(p))
+                            image_conditioning, len(schedule) - 1, noise_sampler=self._noise_sampler(p))
 
 
 samplers_k_diffusion: list[tuple[str, str, list[str], dict[str, Any]]] = [
     ("Euler", "sample_euler", ["k_euler"], {}),
     ("Euler a", "sample_euler_ancestral", ["k_euler_a"], {"uses_ensd": True}),
+    ("Heun", "sample_heun", ["k_heun"], {"second_order": True}),
 ]
 
 

@@ -382,3 +382,41 @@ def test_with_attn1_replacements_copies_every_level_it_touches():
     assert new["transformer_options"]["patches_replace"]["attn1"] == {("input", 1, 0): fn, ("middle", 0, 0): fn}
     with pytest.raises(ValueError, match="block, id, index"):
         forge.with_attn1_replacements(original, fn, [("middle", 0)])
+
+
+# --------------------------------------------------------------------------------------------------
+# what the job reports
+
+
+def test_summary_line_and_window_match_the_shared_step_function(forge_host, capsys):
+    """Forge gates by the step its sigma maps to; A1111 by `guidance.sampler_step` over its call counter.
+    Both must pick the same calls: Heun, 5 steps (9 calls), window [0.2, 0.6)."""
+    from asag_lib import guidance
+
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.2, end=0.6, layers=L), steps=5,
+                                sampler="heun", **SIZE)
+    calls = [c for c in result.calls if not c.recording]
+    main = [i for i, c in enumerate(result.main_calls)]
+    assert len(main) == 9
+    weak_at = {c.sigma for c in result.weak_calls}
+    a1111 = [i for i in main if guidance.step_in_window(guidance.sampler_step(i, 9, 5), 5, 0.2, 0.6)]
+    assert [result.main_calls[i].sigma for i in a1111] == [c.sigma for c in result.weak_calls]
+    assert weak_at and len(calls) == 9 + 4
+    out = capsys.readouterr().out
+    assert "ASAG: done: 2 of 5 steps guided, 4 weak passes" in out
+    assert "outside the start/end window (×3)" in out
+
+
+def test_refiner_is_said_once_in_console_and_info(forge_host, capsys):
+    from types import SimpleNamespace
+
+    engine = forge_host.make_engine("sd15")
+
+    def refiner(p):
+        p.refiner_checkpoint_info, p.refiner_switch_at = SimpleNamespace(title="refiner"), 0.5
+
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True), patchers=[refiner], hires=True, **SIZE)
+    out = capsys.readouterr().out
+    assert out.count("Forge re-runs no script after that switch") == 1
+    assert any("refiner" in text for text in result.p.comments)

@@ -13,7 +13,7 @@ SIZE = dict(height=64, width=64)
 
 
 @pytest.mark.parametrize("forge_host", ["forge2", "neo", "ldm_patched"], indirect=True)
-def test_no_weak_pass_inside_the_recording_call(forge_host):
+def test_no_weak_pass_inside_the_recording_call(forge_host, capsys):
     engine = forge_host.make_engine("sd15")
     reference = reference_only_patcher(record=True)
     result = forge_host.txt2img(engine, forge_host.args(enabled=True, layers="input.1"), patchers=[reference],
@@ -22,6 +22,7 @@ def test_no_weak_pass_inside_the_recording_call(forge_host):
     assert len(result.main_calls) == 3
     assert len(result.weak_calls) == 3  # one per guided step, none for the recordings
     assert all(not call.replaced_by(asag_replacement) for call in result.recording_calls)
+    assert "ASAG: done: 3 of 3 steps guided, 3 weak passes, 1 layers (input.1.0), 64 tokens" in capsys.readouterr().out
 
 
 def test_recording_signal_reads_the_preprocessor_flag(forge_host):

@@ -26,6 +26,11 @@ from asag_lib.hosts import forge_variant as host_variant
 from asag_lib.hosts.forge_steps import StepClock
 from asag_lib.hosts.job import Job, pass_selected, report_error, strip_infotext
 
+REPORTS_STEPS = True
+"""Every sampler step is reported through `Job.step_done`, so the script may settle the infotext per batch."""
+
+WINDOW = "outside the start/end window"
+
 MARK = "asag_post_cfg"
 """Attribute set on our post-CFG function, so a UNet that already carries one is recognised (idempotency
 across Forge2's triple hires call) and never gets a second."""
@@ -184,43 +189,6 @@ def _latent_hw(p: Any, kwargs: Mapping, is_hr_pass: bool) -> tuple[int, int, int
 
 
 # --------------------------------------------------------------------------------------------------
-# what the job did (TEMPORARY until the shared counters land in job.py)
-
-
-class _Counts:
-    """Per job: steps per pass, which were guided, weak passes run, and skips with their reasons."""
-
-    def __init__(self) -> None:
-        self.passes: list[dict] = []
-        self.skips: dict[str, int] = {}
-
-    def new_pass(self, name: str) -> int:
-        self.passes.append({"name": name, "steps": 0, "guided": set(), "weak": 0})
-        return len(self.passes) - 1
-
-    def set_steps(self, key: int, steps: int) -> None:
-        self.passes[key]["steps"] = steps
-
-    def guided(self, key: int, step: int | None) -> None:
-        entry = self.passes[key]
-        entry["weak"] += 1
-        entry["guided"].add(len(entry["guided"]) if step is None else step)
-
-    def skip(self, reason: str) -> None:
-        self.skips[reason] = self.skips.get(reason, 0) + 1
-
-    def any_guided(self) -> bool:
-        return any(entry["weak"] for entry in self.passes)
-
-
-def job_counts(job: Job) -> _Counts:
-    counts = job.state.get("counts")
-    if not isinstance(counts, _Counts):
-        counts = job.state["counts"] = _Counts()
-    return counts
-
-
-# --------------------------------------------------------------------------------------------------
 # signals read during sampling
 
 
@@ -336,36 +304,38 @@ def _position(clock: StepClock, args: Mapping, sigma: float, p: Any, job: Job) -
 
 
 def make_post_cfg(*, calc: Callable, replacement: Callable, keys: tuple, scale: float, rescale: float,
-                  window: tuple[float, float], clock: StepClock, job: Job, p: Any, pass_name: str) -> Callable:
+                  window: tuple[float, float], clock: StepClock, job: Job, p: Any) -> Callable:
     """The post-CFG function: skip reference recording, gate by step window, one cond-only weak call."""
     start, end = window
-    record = job_counts(job)
-    pass_key: list = []  # registered at the first call: Forge2 builds three functions per hires job
+    begun: list = []  # the pass is registered at its first call: Forge2 builds three functions per hires job
 
     def asag_post_cfg(args: dict):
         denoised = args["denoised"]
-        if job.state.get("failed") or in_reference_recording():
+        if in_reference_recording():
             return denoised
-        if not pass_key:
-            pass_key.append(record.new_pass(pass_name))
+        if not begun:
+            begun.append(True)
+            job.begin_pass()
         sigma = args["sigma"]
         position = _position(clock, args, float(sigma.reshape(-1)[0]), p, job)
-        if position is not None:
-            step, steps = position
-            record.set_steps(pass_key[0], steps)
-            if not guidance.in_window(guidance.progress(step, steps), start, end):
-                return denoised
-        else:
-            step = None
+        if position is None:
+            step = len(begun) - 1
+            begun.append(True)
             if (start, end) != (0.0, 1.0):
                 job.say_once("this sampler exposes neither a sigma schedule nor a step count; Start/End "
                              "are ignored and every call is guided.")
-        cond = args.get("cond")
-        if not cond:
+        else:
+            step, steps = position
+            if not guidance.in_window(guidance.progress(step, steps), start, end):
+                job.step_done(step, WINDOW)
+                return denoised
+        if job.state.get("failed"):
+            job.step_done(step, "the weak pass failed")
             return denoised
-        factor = and_factor(cond)
+        cond = args.get("cond")
+        factor = and_factor(cond) if cond else None
         if factor is None:
-            record.skip("AND weights sum to 0")
+            job.step_done(step, "no cond prediction (AND weights sum to 0)" if cond else "no cond prediction")
             return denoised
         live = args["model_options"]
         shadowed = set((live.get("transformer_options") or {}).get("patches_replace", {}).get("attn1", {}))
@@ -380,11 +350,14 @@ def make_post_cfg(*, calc: Callable, replacement: Callable, keys: tuple, scale: 
         except Exception as exc:  # interrupts derive from BaseException and pass through
             message = f"the weak pass failed ({type(exc).__name__}: {exc}); ASAG is off for the rest of this job."
             job.state["failed"] = message
+            job.weak_pass()
+            job.step_done(step, "the weak pass failed")
             report_error(p, message)
             return denoised
-        record.guided(pass_key[0], step)
+        job.weak_pass()
+        job.step_done(step)
         weak = _apply_factor(args["cond_denoised"], weak, factor)
-        return guidance.combine(denoised, args["cond_denoised"], weak, scale, rescale)
+        return guidance.combine(denoised, args["cond_denoised"], weak, scale, rescale, x=args["input"])
 
     setattr(asag_post_cfg, MARK, True)
     return asag_post_cfg
@@ -413,10 +386,11 @@ def _user_error(p: Any, job: Job, message: str) -> None:
     report_error(p, message)
 
 
-def _not_applied(p: Any, job: Job, message: str) -> None:
+def _not_applied(p: Any, job: Job, message: str, reason: str) -> None:
     """ASAG cannot run on this model: one console line, and no ASAG claim left in the infotext."""
     job.say_once(message)
-    if not job_counts(job).any_guided():
+    job.skip(reason)
+    if not job.guided_steps:
         strip_infotext(p)
 
 
@@ -427,6 +401,7 @@ def _refiner_note(p: Any, job: Job) -> None:
     message = (f"the refiner takes over at {float(p.refiner_switch_at):g} of the steps; Forge re-runs no "
                "script after that switch, so ASAG guides only the steps before it.")
     if job.say_once(message):
+        job.skip("the steps after the refiner switch (Forge re-runs no script there)")
         comment = getattr(p, "comment", None)
         if callable(comment):
             comment("ASAG: " + message)
@@ -442,7 +417,7 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
     unet = getattr(objects, "unet", None)
     if unet is None:
         if job is not None:
-            _not_applied(p, job, "no forge_objects.unet on this model; ASAG skipped.")
+            _not_applied(p, job, "no forge_objects.unet on this model; ASAG skipped.", "no Forge UNet")
         return
     if job is None or job.state.get("error"):
         _hand_back_without_ours(p, unet)
@@ -453,7 +428,8 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
         message = (f"setting up ASAG failed ({type(exc).__name__}: {exc}); ASAG is off for the rest of "
                    "this job.")
         job.state["error"] = message
-        if not job_counts(job).any_guided():
+        job.skip("setting up ASAG failed")
+        if not job.guided_steps:
             strip_infotext(p)
         report_error(p, message)
         p.sd_model.forge_objects.unet = unet
@@ -465,17 +441,19 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
     is_hr_pass = bool(getattr(p, "is_hr_pass", False))
     pass_name = "hires" if is_hr_pass else "first"
     if not pass_selected(settings.hires, is_hr_pass):
-        job.say_once(f"not applied to the {pass_name} pass (Hires. fix setting: {settings.hires}).")
+        if job.say_once(f"not applied to the {pass_name} pass (Hires. fix setting: {settings.hires})."):
+            job.skip(f"{pass_name} pass not selected")
         _hand_back_without_ours(p, unet)
         return
     reason = unsupported_reason(p, unet)
     if reason is not None:
-        _not_applied(p, job, reason)
+        _not_applied(p, job, reason, "unsupported model")
         _hand_back_without_ours(p, unet)
         return
     flavour = backend_flavour()
     if flavour is None:
-        _not_applied(p, job, "no Forge sampling backend found (backend.sampling / ldm_patched); ASAG skipped.")
+        _not_applied(p, job, "no Forge sampling backend found (backend.sampling / ldm_patched); ASAG skipped.",
+                     "no Forge sampling backend")
         return
     flavour_name, calc = flavour
     if settings.weak_pass == "batched":
@@ -496,7 +474,7 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
     post_cfg = make_post_cfg(
         calc=calc, replacement=make_attn1_replace(KernelOptions.from_settings(settings)), keys=keys,
         scale=settings.scale, rescale=settings.rescale, window=(settings.start, settings.end), clock=clock,
-        job=job, p=p, pass_name=pass_name,
+        job=job, p=p,
     )
 
     batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
@@ -515,5 +493,7 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
     _refiner_note(p, job)
     job.say_once(f"{host_variant()} ({flavour_name} backend); {len(selected)} attn1 layer(s): "
                  f"{layers.describe(selected)}.")
+    job.detail(("hires pass: " if is_hr_pass else "") + f"{len(selected)} layers ({layers.describe(selected)}), "
+               f"{max(tokens.values())} tokens")
     job.say_once(f"{pass_name} pass: " + _tokens_line(tokens, h, w)
                  + f"; about {need / 2**20:.1f} MiB reserved for the Sinkhorn kernel.")

@@ -420,3 +420,22 @@ def test_refiner_is_said_once_in_console_and_info(forge_host, capsys):
     out = capsys.readouterr().out
     assert out.count("Forge re-runs no script after that switch") == 1
     assert any("refiner" in text for text in result.p.comments)
+
+
+def test_replacement_unet_is_refused_without_infotext(forge_host, capsys):
+    from types import SimpleNamespace
+
+    from modules import sd_unet
+
+    engine = forge_host.make_engine("sd15")
+    off = forge_host.txt2img(engine, forge_host.args(), **SIZE)
+    sd_unet.current_unet = SimpleNamespace(option=SimpleNamespace(label="[TRT] tiny"))
+    try:
+        on = forge_host.txt2img(engine, forge_host.args(enabled=True), **SIZE)
+    finally:
+        sd_unet.current_unet = None
+    out = capsys.readouterr().out
+    assert out.count("a replacement UNet is active ([TRT] tiny") == 1
+    assert not on.weak_calls and torch.equal(on.samples, off.samples)
+    assert not any(params.is_infotext_key(k) for k in on.p.extra_generation_params)
+    assert "not guided: unsupported model" in out

@@ -71,8 +71,23 @@ def percent_to_sigma_fn(model: Any) -> Callable[[float], float] | None:
     return None
 
 
+def replacement_unet() -> str | None:
+    """The label of a UNet replacement (TensorRT and the like, `modules.sd_unet.current_unet`), if active."""
+    current = getattr(sys.modules.get("modules.sd_unet"), "current_unet", None)
+    if current is None:
+        return None
+    return str(getattr(getattr(current, "option", None), "label", None) or type(current).__name__)
+
+
 def unsupported_reason(p: Any, unet: Any) -> str | None:
-    """Why this model cannot take attn1 replacements (Flux, SD3, other DiTs), or None for a UNet."""
+    """Why this model cannot take attn1 replacements (Flux, SD3, other DiTs, a TensorRT UNet), or None.
+
+    The DiT branch is where a DiT adapter plugs in: return None for the models it handles and route them
+    in `before_sampling` instead."""
+    replaced = replacement_unet()
+    if replaced is not None:
+        return (f"a replacement UNet is active ({replaced}, e.g. TensorRT); it runs no attn1 replacement, so "
+                "ASAG is skipped: no extra pass is run.")
     sd_model = getattr(p, "sd_model", None)
     diffusion_model = getattr(getattr(unet, "model", None), "diffusion_model", None)
     name = type(diffusion_model).__name__ if diffusion_model is not None else "unknown"

@@ -9,6 +9,10 @@ explicit 3-tuple attn1 replacements for the selected layers, and returns
 `denoised + s·(cond_denoised − weak)` (exact in x0 space, see `guidance`). The live `model_options` are
 never mutated (Forge's built-in PAG had that bug, docs/hosts.md §12.3).
 
+Start/End are a fraction of the pass's sampling steps (`forge_steps`); AND prompts give the weighted mean
+of per-part differences (`and_factor`); the reference preprocessors' recording call is left alone
+(`in_reference_recording`); every step, weak pass and skip is reported to the shared `Job` counters.
+
 Host modules are imported inside functions only; importing this module needs no WebUI.
 """
 
@@ -60,15 +64,6 @@ def backend_flavour() -> tuple[str, Callable] | None:
     except ImportError:
         return None
     return "ldm_patched", calc_cond_uncond_batch
-
-
-def percent_to_sigma_fn(model: Any) -> Callable[[float], float] | None:
-    """`model.predictor.percent_to_sigma` (Forge2) or `model.model_sampling.percent_to_sigma` (ldm_patched)."""
-    for attr in ("predictor", "model_sampling"):
-        fn = getattr(getattr(model, attr, None), "percent_to_sigma", None)
-        if callable(fn):
-            return fn
-    return None
 
 
 def replacement_unet() -> str | None:
@@ -484,7 +479,11 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
         _hand_back_without_ours(p, unet)
         return
 
-    clock = StepClock(None if host_variant() == "neo" else _pass_sigmas(p, is_hr_pass), _second_order(p))
+    try:
+        sigmas = None if host_variant() == "neo" else _pass_sigmas(p, is_hr_pass)
+    except Exception:  # a sampler without a usable schedule: Start/End fall back to its call count
+        sigmas = None
+    clock = StepClock(sigmas, _second_order(p))
     keys = tuple(ref.forge_key for ref, _ in selected)
     post_cfg = make_post_cfg(
         calc=calc, replacement=make_attn1_replace(KernelOptions.from_settings(settings)), keys=keys,

@@ -74,15 +74,16 @@ PARAMS: tuple[Param, ...] = (
     Param("tolerance", float, 1e-3, "Early-stop tolerance", "Stop iterating once every row of the plan sums "
           "to 1 within this tolerance; 0 always runs all iterations.", 0.0, 0.5, 0.0005,
           infotext="tolerance", xyz="Tolerance"),
-    Param("start", float, 0.0, "Start", "Fraction of sampling at which guidance starts (0 = first step).",
-          0.0, 1.0, 0.01, infotext="start", xyz="Start"),
-    Param("end", float, 1.0, "End", "Fraction of sampling at which guidance ends (1 = last step).",
-          0.0, 1.0, 0.01, infotext="end", xyz="End"),
-    Param("hires", str, "both", "Hires. fix", "Which sampling passes get ASAG when Hires. fix is on.",
+    Param("start", float, 0.0, "Start", "Fraction of the pass's sampling steps: step i of N is guided from "
+          "i/N >= start (0 = first step).", 0.0, 1.0, 0.01, infotext="start", xyz="Start"),
+    Param("end", float, 1.0, "End", "Fraction of the pass's sampling steps: step i of N is guided while "
+          "i/N < end (1 = up to the last step).", 0.0, 1.0, 0.01, infotext="end", xyz="End"),
+    Param("hires", str, "both", "Passes with Hires. fix", "Which sampling passes get ASAG when Hires. fix is on.",
           choices=(("both", "Both passes"), ("first", "First pass only"), ("hires", "Hires pass only")),
           infotext="hires", xyz="Hires pass"),
-    Param("rescale", float, 0.0, "Rescale", "CFG-rescale-style correction of the guided prediction's "
-          "standard deviation towards the cond prediction (0 = off).", 0.0, 1.0, 0.05,
+    Param("rescale", float, 0.0, "Rescale", "Shrink the ASAG term so the guided prediction's standard "
+          "deviation moves towards the cond prediction's (in eps space; CFG itself is untouched; 0 = off).",
+          0.0, 1.0, 0.05,
           infotext="rescale", xyz="Rescale"),
     Param("plan", str, "rows", "Plan output", "'rows': output n·P·V, rows of the plan sum to 1 (this "
           "project's reading of the paper). 'raw': P·V as in the unofficial implementation (output shrunk "
@@ -229,20 +230,60 @@ def format_value(param: Param, value: Any) -> str:
     return str(value)
 
 
+INFOTEXT_VERSION = "1"
+VERSION_KEY = INFOTEXT_PREFIX + "defaults"
+"""Infotext writes only the values that differ from the defaults, plus `ASAG defaults: 1`, the
+version of the defaults it was written against. Reading fills every missing key from *that* version's
+defaults, so changing a default later cannot change what an old image's parameters mean: add the old
+defaults to `DEFAULTS_BY_VERSION` under their version and bump INFOTEXT_VERSION."""
+
+DEFAULTS_BY_VERSION: Mapping[str, Mapping[str, Any]] = {
+    "1": {"scale": 1.5, "layers": "middle", "iterations": 2, "tolerance": 1e-3, "start": 0.0, "end": 1.0,
+          "hires": "both", "rescale": 0.0, "plan": "rows", "weak_pass": "auto"},
+}
+"""Frozen copies, written out: the defaults each infotext version was written against."""
+
+
 def to_infotext(settings: Any) -> dict[str, str]:
-    """Infotext entries for an enabled job; every key starts with 'ASAG '."""
-    return {
-        infotext_key(param): format_value(param, getattr(settings, param.name))
-        for param in PARAMS
-        if param.infotext is not None
-    }
+    """Infotext entries for a guided job: 'ASAG scale' always (its presence means ASAG ran), the other
+    parameters only when they differ from the defaults, and the defaults' version (see VERSION_KEY)."""
+    defaults = DEFAULTS_BY_VERSION[INFOTEXT_VERSION]
+    entries = {}
+    for param in PARAMS:
+        if param.infotext is None:
+            continue
+        value = getattr(settings, param.name)
+        if param.name == "scale" or value != defaults[param.name]:
+            entries[infotext_key(param)] = format_value(param, value)
+    entries[VERSION_KEY] = INFOTEXT_VERSION
+    return entries
+
+
+def with_infotext_defaults(fields: Mapping[str, str]) -> dict[str, str]:
+    """Parsed infotext with every missing 'ASAG …' key filled from the defaults of the version the
+    image was written with (fields without 'ASAG scale' come back unchanged: ASAG was off).
+
+    Infotext from before the version key carried every key, so a missing version means version 1."""
+    if infotext_key(PARAMS_BY_NAME["scale"]) not in fields:
+        return dict(fields)
+    version = str(fields.get(VERSION_KEY, "1"))
+    defaults = DEFAULTS_BY_VERSION.get(version, DEFAULTS_BY_VERSION[INFOTEXT_VERSION])
+    filled = dict(fields)
+    for param in PARAMS:
+        if param.infotext is not None and infotext_key(param) not in filled:
+            filled[infotext_key(param)] = format_value(param, defaults[param.name])
+    return filled
+
+
+def fill_pasted_infotext(infotext: str, fields: dict[str, Any]) -> None:
+    """`on_infotext_pasted` callback: paste, 'Send to …' and the API's `infotext` then set every control."""
+    fields.update(with_infotext_defaults(fields))
 
 
 def from_infotext(fields: Mapping[str, str]) -> dict[str, Any]:
-    """Parameter values found in parsed infotext; enabled is the presence of the scale key.
-
-    Invalid values are skipped (pasting must never fail), so the control keeps its current value.
-    """
+    """Parameter values in parsed infotext (missing keys from the written version's defaults); enabled is
+    the presence of the scale key. Invalid values are skipped (pasting must never fail)."""
+    fields = with_infotext_defaults(fields)
     values: dict[str, Any] = {"enabled": infotext_key(PARAMS_BY_NAME["scale"]) in fields}
     for param in PARAMS:
         if param.infotext is None or infotext_key(param) not in fields:

@@ -30,8 +30,18 @@ def layer_choices() -> list[str]:
     return list(layers.preset_names())
 
 
+VISIBLE_INFO: Mapping[str, str] = {
+    "scale": "Strength of the push away from the weak prediction; 0 = off. Typical 1–3.",
+    "layers": "Preset, or a spec such as 'middle', 'input.7-8', 'output.0.0-4', 'u0,u1'.",
+}
+"""A visible line under the controls whose meaning is not obvious from the label (gradio `info=`);
+every control also gets its full hint as a hover title (javascript/asag.js)."""
+
+
 def _component(gr: Any, param: params.Param, elem_id: str) -> Any:
     common = {"label": param.label, "elem_id": elem_id}
+    if param.name in VISIBLE_INFO:
+        common["info"] = VISIBLE_INFO[param.name]
     if param.kind is bool:
         return gr.Checkbox(value=param.default, **common)
     if param.choices:
@@ -49,7 +59,8 @@ def _enabled_from_infotext(fields: Mapping[str, str]) -> bool:
     return bool(params.from_infotext(fields)["enabled"])
 
 
-def build(elem_id: Callable[[str], str], title: str = "ASAG") -> BuiltUI:
+def build(elem_id: Callable[[str], str], title: str = "ASAG: Adversarial Sinkhorn Attention Guidance") -> BuiltUI:
+    """The accordion (titled `title`) with every control; `elem_id` is the script's Script.elem_id."""
     import gradio as gr
     from modules.ui_components import InputAccordion
 
@@ -98,18 +109,36 @@ def render_hints_js() -> str:
 
 JS_TEMPLATE = """\
 // ASAG hints. Generated from asag_lib/params.py by `python -m asag_lib.ui`; do not edit by hand.
+// Each hint goes on the control's own label (where A1111's hints.js puts its tooltips), the enable hint
+// on the accordion header's checkbox only, so hovering one control never shows another's hint.
 (function () {
     const hints = __HINTS__;
+
+    function labelOf(root) {
+        return root.querySelector("[data-testid='block-info']") || root.querySelector("label") || root;
+    }
 
     function applyHints() {
         const app = typeof gradioApp === "function" ? gradioApp() : document;
         for (const tab of ["txt2img", "img2img"]) {
             for (const [name, hint] of Object.entries(hints)) {
                 // Script.elem_id() names controls script_<tab>_<title>_<name>.
-                const el = app.querySelector(`#script_${tab}_asag_${name}`);
-                if (el && !el.title) {
-                    el.title = hint;
+                const id = `script_${tab}_asag_${name}`;
+                const root = app.querySelector(`#${id}`);
+                if (!root) {
+                    continue;
                 }
+                if (name === "enabled") {
+                    // InputAccordion: the header's visible checkbox and its label text
+                    const box = app.querySelector(`#${id}-visible-checkbox`);
+                    for (const el of [box, box && box.parentElement]) {
+                        if (el) {
+                            el.title = hint;
+                        }
+                    }
+                    continue;
+                }
+                labelOf(root).title = hint;
             }
         }
     }

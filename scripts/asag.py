@@ -10,10 +10,11 @@ import importlib
 
 from modules import script_callbacks, scripts
 
-from asag_lib import ui
+from asag_lib import params, ui
 from asag_lib.hosts import detect, job, xyz
 
 TITLE = "ASAG"  # also the API key in alwayson_scripts: keep it stable
+LABEL = "ASAG: Adversarial Sinkhorn Attention Guidance"  # the accordion's title, says what it is
 
 HOST = detect()
 ADAPTER = importlib.import_module(f"asag_lib.hosts.{HOST}") if HOST in ("a1111", "forge") else None
@@ -26,6 +27,8 @@ if ADAPTER is not None and hasattr(ADAPTER, "register"):
 # before every UI build (after a reload); `register` deduplicates by label.
 xyz.register()
 script_callbacks.on_before_ui(xyz.register)
+# Infotext keeps only non-default values: pasting fills the rest from the defaults it was written with.
+script_callbacks.on_infotext_pasted(params.fill_pasted_infotext, name="asag")
 
 
 class ASAGScript(scripts.Script):
@@ -38,7 +41,7 @@ class ASAGScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool):
-        built = ui.build(self.elem_id, TITLE)
+        built = ui.build(self.elem_id, LABEL)
         self.infotext_fields = built.infotext_fields
         self.paste_field_names = built.paste_field_names
         return built.components

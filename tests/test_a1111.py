@@ -253,7 +253,7 @@ def test_hires_checkpoint_is_not_announced_as_a_refiner_switch(a1111_host, kerne
     host.txt2img(seed=1, steps=2, enable_hr=True, hr_scale=2.0, hr_checkpoint="sd2", alwayson={"ASAG": ON}, **{
         "width": 64, "height": 64})
     out = capsys.readouterr().out
-    assert "refiner switch" not in out and "hires pass: scale 2" in out
+    assert "refiner switch" not in out and "hires pass: 16 layers" in out
 
 
 def test_batched_falls_back_when_unsafe(a1111_host, kernel_calls, capsys):

@@ -79,3 +79,29 @@ def test_no_summary_when_the_adapter_reported_nothing(capsys):
     jobs.finish_job(p)
     assert capsys.readouterr().out == ""
     assert jobs.get_job(p) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# UI texts (the accordion title, visible info lines, where the hover hints go)
+
+
+def test_accordion_title_says_what_asag_is_and_the_api_title_stays(a1111_host):
+    script = a1111_host.script()
+    assert script.title() == "ASAG"
+    enabled = script.ui(False)[0]
+    assert enabled.accordion.label == "ASAG: Adversarial Sinkhorn Attention Guidance"
+
+
+def test_labels_do_not_collide_with_a1111_tooltips_and_info_lines_show(a1111_host):
+    components = {c.elem_id.rsplit("_", 1)[-1]: c for c in a1111_host.script().ui(False)[1:]}
+    # A1111's hints.js keys its global tooltips by label text; "Hires. fix" is one of them
+    assert all(c.label not in ("Hires. fix", "Hires fix") for c in components.values())
+    assert components["scale"].info and components["layers"].info
+
+
+def test_hints_go_on_each_label_and_the_header_checkbox_only():
+    from asag_lib import ui
+
+    js = ui.render_hints_js()
+    assert "-visible-checkbox" in js and "data-testid='block-info'" in js
+    assert "!el.title" not in js  # ours are set on our own elements, whatever hints.js did before

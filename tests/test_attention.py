@@ -141,3 +141,81 @@ def test_row_selective_forward_perturbs_only_the_weak_rows(sdxl):
         odd = forward(module, x[:3])  # a regrouped batch runs unchanged and is reported
     torch.testing.assert_close(odd, plain[:3])
     assert regrouped == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# wiring against independent attention modules: with softmax in place of the kernel, our forward must
+# reproduce the module's own output (torch's MultiheadAttention here; the real ldm/sgm CrossAttention in
+# tests/realhost/test_a1111_attention.py when ASAG_A1111_HOST is set)
+
+
+class SoftmaxOptions(KernelOptions):
+    """Plain softmax attention where the Sinkhorn plan would go: the forward must then be the module."""
+
+    def attend(self, q, k, v, scale=None):
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5), -1)
+        return weights @ v
+
+
+def _cross_attention_from_mha(mha: torch.nn.MultiheadAttention) -> torch.nn.Module:
+    """An ldm-style module (heads, scale, to_q/to_k/to_v, to_out) sharing the MHA's weights."""
+    module = torch.nn.Module()
+    module.heads = mha.num_heads
+    module.scale = (mha.embed_dim // mha.num_heads) ** -0.5
+    module.to_q = torch.nn.Linear(mha.embed_dim, mha.embed_dim, bias=False)
+    module.to_k = torch.nn.Linear(mha.kdim, mha.embed_dim, bias=False)
+    module.to_v = torch.nn.Linear(mha.vdim, mha.embed_dim, bias=False)
+    module.to_q.weight, module.to_k.weight, module.to_v.weight = (
+        mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+    module.to_out = torch.nn.Sequential(mha.out_proj, torch.nn.Dropout(0.0))
+    return module
+
+
+@pytest.fixture
+def mha():
+    torch.manual_seed(0)
+    # kdim != embed_dim makes torch keep separate q/k/v weights; the context has its own width
+    return torch.nn.MultiheadAttention(32, 4, bias=False, kdim=24, vdim=24, batch_first=True).eval()
+
+
+def _oracle(mha, x, k_ctx, v_ctx):
+    with torch.no_grad():
+        return mha(x, k_ctx, v_ctx, need_weights=False)[0]
+
+
+def test_softmax_forward_equals_an_independent_attention_module_with_context(mha):
+    module = _cross_attention_from_mha(mha)
+    g = torch.Generator().manual_seed(1)
+    x, context = torch.randn(2, 9, 32, generator=g), torch.randn(2, 13, 24, generator=g)
+    with torch.no_grad():
+        out = make_attn1_forward(SoftmaxOptions())(module, x, context)
+    torch.testing.assert_close(out, _oracle(mha, x, context, context), rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_forward_equals_the_module_without_context():
+    torch.manual_seed(0)
+    # kdim 32 = embed_dim would pack q/k/v into one weight: unpack it into the three the module needs
+    mha = torch.nn.MultiheadAttention(32, 4, bias=False, batch_first=True).eval()
+    q, k, v = mha.in_proj_weight.detach().chunk(3)
+    mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight = (torch.nn.Parameter(w.clone()) for w in (q, k, v))
+    mha.kdim = mha.vdim = 32
+    module = _cross_attention_from_mha(mha)
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = make_attn1_forward(SoftmaxOptions())(module, x)
+    torch.testing.assert_close(out, _oracle(mha, x, x, x), rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_forward_applies_the_context_transform(mha):
+    """A1111's hypernetworks map the context for k and v separately; the forward must use both."""
+    module = _cross_attention_from_mha(mha)
+    g = torch.Generator().manual_seed(3)
+    x, context = torch.randn(2, 9, 32, generator=g), torch.randn(2, 13, 24, generator=g)
+
+    def transform(mod, ctx):
+        return ctx * 1.5 + 0.25, ctx.flip(1) - 0.5
+
+    with torch.no_grad():
+        out = make_attn1_forward(SoftmaxOptions(), transform)(module, x, context)
+    k_ctx, v_ctx = transform(module, context)
+    torch.testing.assert_close(out, _oracle(mha, x, k_ctx, v_ctx), rtol=1e-5, atol=1e-6)

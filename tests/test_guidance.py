@@ -43,14 +43,36 @@ def test_rescale_matches_reference_std_at_phi_one_and_is_identity_at_zero():
     torch.testing.assert_close(half, 0.5 * full + 0.5 * x)
 
 
-def test_per_image_uses_and_prompt_weights():
-    rows = _t(3, (3, 4, 2, 2))
-    conds_list = [[(0, 1.0)], [(1, 0.5), (2, 2.0)]]
+def test_per_image_is_the_and_weighted_mean():
+    rows = _t(3, (5, 4, 2, 2))
+    conds_list = [[(0, 1.0)], [(1, 0.5), (2, 2.0)], [(3, 1.0), (4, -3.0)]]
     out = guidance.per_image(rows, conds_list)
     torch.testing.assert_close(out[0], rows[0])
-    torch.testing.assert_close(out[1], 0.5 * rows[1] + 2.0 * rows[2])
-    mean = guidance.weighted_cond(rows, conds_list)
-    torch.testing.assert_close(mean[1], (0.5 * rows[1] + 2.0 * rows[2]) / 2.5)
+    torch.testing.assert_close(out[1], 0.2 * rows[1] + 0.8 * rows[2])
+    # weights summing to <= 0 are normalised by the sum of their magnitudes (here 4)
+    torch.testing.assert_close(out[2], 0.25 * rows[3] - 0.75 * rows[4])
+    assert guidance.and_weights([0.0, 0.0]) == [0.0, 0.0]
+
+
+def test_rescale_scales_the_term_only_measured_in_eps_space():
+    x, sigma = _t(9), 2.5
+    eps_cfg, eps_c, eps_w = _t(0) * 2, _t(1), _t(2)
+    phi, s = 0.7, 1.5
+    term = s * (eps_c - eps_w)
+    f = phi * eps_c.std(dim=(1, 2, 3), keepdim=True) / (eps_cfg + term).std(dim=(1, 2, 3), keepdim=True) + 1 - phi
+    expected = eps_cfg + f * term
+    torch.testing.assert_close(guidance.combine(eps_cfg, eps_c, eps_w, s, phi), expected)
+    to_x0 = lambda eps: x - sigma * eps  # noqa: E731
+    from_x0 = guidance.combine(to_x0(eps_cfg), to_x0(eps_c), to_x0(eps_w), s, phi, x=x)
+    torch.testing.assert_close(from_x0, to_x0(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_sampler_step_pairs_second_order_calls():
+    # Heun, 4 steps: the host expects 8 calls, 7 happen (the last step makes one)
+    assert [guidance.sampler_step(j, 8, 4) for j in range(7)] == [0, 0, 1, 1, 2, 2, 3]
+    assert [guidance.sampler_step(j, 4, 4) for j in range(4)] == [0, 1, 2, 3]
+    assert [i for i in range(4) if guidance.step_in_window(i, 4, 0.3, 1.0)] == [2, 3]
+    assert [i for i in range(4) if guidance.step_in_window(i, 4, 0.0, 0.5)] == [0, 1]
 
 
 def test_window_by_fraction():

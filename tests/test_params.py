@@ -101,4 +101,28 @@ def test_infotext_values_never_look_like_sizes():
 def test_infotext_without_asag_keys_means_disabled_and_bad_values_are_skipped():
     assert params.from_infotext({"Steps": "20"}) == {"enabled": False}
     values = params.from_infotext({"ASAG scale": "2", "ASAG iterations": "lots"})
-    assert values == {"enabled": True, "scale": 2.0}
+    expected = {**dataclasses.asdict(params.DEFAULTS), "enabled": True, "scale": 2.0}
+    del expected["iterations"]  # the bad value is skipped: the control keeps its current value
+    assert values == expected
+
+
+def test_infotext_writes_scale_non_defaults_and_the_defaults_version():
+    s = params.from_mapping({"enabled": True, "scale": 2.0, "start": 0.2})
+    assert params.to_infotext(s) == {"ASAG scale": "2", "ASAG start": "0.2", "ASAG defaults": "1"}
+
+
+def test_a_later_default_change_cannot_change_an_old_infotext(monkeypatch):
+    old = params.to_infotext(params.from_mapping({"enabled": True}))
+    monkeypatch.setitem(params.DEFAULTS_BY_VERSION, "2", {**params.DEFAULTS_BY_VERSION["1"], "iterations": 5})
+    monkeypatch.setattr(params, "INFOTEXT_VERSION", "2")
+    assert params.from_infotext(old)["iterations"] == 2  # read with version 1's defaults
+    assert "ASAG iterations" not in old and old["ASAG defaults"] == "1"
+
+
+def test_pasted_infotext_gets_every_key():
+    fields = {"Steps": "20", "ASAG scale": "2"}
+    params.fill_pasted_infotext("", fields)
+    assert {params.infotext_key(p) for p in params.PARAMS if p.infotext} <= set(fields)
+    untouched = {"Steps": "20"}
+    params.fill_pasted_infotext("", untouched)
+    assert untouched == {"Steps": "20"}

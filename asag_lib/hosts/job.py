@@ -3,6 +3,13 @@
 Nothing here imports a host module; it only reads and writes attributes of the job object.
 Stable API for host adapters (A1111, Forge): `prepare_job`, `get_job`, `Job.begin_pass`, `Job.step_done`,
 `Job.weak_pass`, `Job.skip`, `Job.detail`, `settle_infotext`, `finish_job`, `report_error`.
+
+How an adapter uses it (asag_lib/hosts/a1111.py is the reference): call `job.begin_pass()` when a
+sampling pass starts (process_before_every_sampling), `job.step_done(i)` when the term was applied in
+sampler step i, `job.step_done(i, reason)` for a step left unguided, `job.weak_pass()` per weak
+evaluation, `job.detail(...)` for the layers/tokens; then set `REPORTS_STEPS = True` at module level:
+scripts/asag.py calls `settle_infotext(p)` in postprocess_batch only for such adapters, and
+`finish_job(p)` in postprocess for all (it prints the summary once anything was reported).
 """
 
 from __future__ import annotations
@@ -188,7 +195,8 @@ def settle_infotext(p: object) -> None:
     if guided:
         extra.update(job.infotext)  # an earlier unguided batch may have removed them
         return
-    strip_infotext(p)
+    for key in job.infotext:  # the parameters only: an 'ASAG error' note stays
+        extra.pop(key, None)
     job.say_once(f"nothing was guided ({job.reasons()}); the ASAG parameters are left out of the infotext")
 
 

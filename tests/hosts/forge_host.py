@@ -11,7 +11,7 @@ way Forge2's ``modules/processing.py`` does:
 * sampling: Euler over the model's sigmas with a ``CFGDenoiser`` that calls ``sampling_function``
   (Forge2) or attaches control and calls ``ldm_patched.modules.samplers.sampling_function`` (old Forge's
   ``forge_sample``);
-* ``postprocess`` at the end.
+* ``postprocess_batch`` after sampling (before the infotext is made), ``postprocess`` at the end.
 
 Other extensions are modelled as "patchers" run in the same hook before ASAG: a ControlNet unit
 (``apply_controlnet_advanced``) and reference-only (``set_model_replace_all`` on attn1).
@@ -310,6 +310,8 @@ class ForgeHost:
                                    latent=samples)
             p.is_hr_pass = False
 
+        # after decoding, before each image's infotext is made: postprocess_batch (hosts.md §1.2)
+        self.runner.postprocess_batch(p, images=samples, batch_number=0)
         processed = SimpleNamespace(images=[], infotexts=[dict(p.extra_generation_params)])
         self.runner.postprocess(p, processed)
         return Result(samples=samples, p=p, calls=list(self.calls), pbes_unets=pbes_unets)

@@ -73,7 +73,8 @@ def test_a_failure_while_setting_up_leaves_no_claim_and_no_patch(forge_host, mon
     extra = on.p.extra_generation_params
     assert not any(params.is_infotext_key(k) and k != "ASAG error" for k in extra)
     assert "out_features" in extra["ASAG error"]
-    assert out.count("setting up ASAG failed") == 1  # once per job, not per pass
+    assert out.count("ASAG: setting up ASAG failed (") == 1  # once per job, not per pass
+    assert "ASAG: done: 0 of 0 steps guided, 0 weak passes; not guided: setting up ASAG failed" in out
     assert not on.weak_calls and all(not _asag_fns(u) for u in on.pbes_unets)
     assert torch.equal(on.samples, off.samples)
     monkeypatch.undo()

@@ -251,20 +251,41 @@ def test_hires_choice(forge_host, choice, base_weak, hires_weak):
         assert result.pbes_unets[1].extra_preserved_memory_during_sampling == 0
 
 
+@pytest.mark.parametrize("forge_host", ["forge2", "neo", "ldm_patched"], indirect=True)
 @pytest.mark.parametrize("prediction", ["flow", "eps"])
-def test_schedule_window_by_fraction(forge_host, prediction):
+def test_window_is_a_fraction_of_the_sampling_steps(forge_host, prediction):
+    """Step i of N is guided iff start <= i/N < end: with 6 steps and [0.3, 0.8) that is steps 2, 3, 4
+    (2/6 = 0.33, 4/6 = 0.67, 5/6 = 0.83), whatever the sigmas of the schedule are."""
     engine = forge_host.make_engine("sd15", prediction=prediction)
-    predictor = engine.forge_objects.unet.model.predictor
     result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.3, end=0.8), steps=6, **SIZE)
-    high, low = predictor.percent_to_sigma(0.3), predictor.percent_to_sigma(0.8)
-    if prediction == "flow":
-        assert all(0.0 <= c.sigma <= 1.0 for c in result.calls)
-        assert (high, low) == pytest.approx((0.7, 0.2))
-    weak_sigmas = [c.sigma for c in result.weak_calls]
-    main_sigmas = [c.sigma for c in result.main_calls]
-    expected = [s for s in main_sigmas if low < s <= high]
-    assert weak_sigmas == expected
-    assert 0 < len(expected) < len(main_sigmas)
+    main = [c.sigma for c in result.main_calls]
+    assert len(main) == 6
+    assert [c.sigma for c in result.weak_calls] == [main[2], main[3], main[4]]
+
+
+@pytest.mark.parametrize("forge_host", ["forge2", "neo"], indirect=True)
+def test_both_calls_of_a_heun_step_share_the_decision(forge_host):
+    """Heun: step i calls at sigma_i and (correction) at sigma_i+1, the last step only once: 4 steps make
+    7 calls. [0.25, 0.75) guides steps 1 and 2, i.e. calls 2-5, although calls 1 and 5 sit at the sigma of
+    a step outside the window."""
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.25, end=0.75), steps=4,
+                                sampler="heun", **SIZE)
+    main = [c.sigma for c in result.main_calls]
+    assert len(main) == 7 and main[1] == main[2] and main[3] == main[4]
+    assert [c.sigma for c in result.weak_calls] == main[2:6]
+
+
+@pytest.mark.parametrize("forge_host", ["forge2", "neo", "ldm_patched"], indirect=True)
+def test_hires_window_counts_the_steps_of_the_hires_pass(forge_host):
+    """The hires pass runs the last 4 steps of an 8-step schedule (denoising 0.5): its own steps 0-3."""
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.5), steps=4, hires=True,
+                                hr_steps=4, **SIZE)
+    base = [c.sigma for c in result.main_calls if c.x_shape[-1] == 8]
+    hires = [c.sigma for c in result.main_calls if c.x_shape[-1] == 16]
+    assert len(base) == len(hires) == 4
+    assert [c.sigma for c in result.weak_calls] == base[2:] + hires[2:]
 
 
 def test_api_dict_in_slot_zero_wins_over_ui_defaults(forge_host):
@@ -361,3 +382,60 @@ def test_with_attn1_replacements_copies_every_level_it_touches():
     assert new["transformer_options"]["patches_replace"]["attn1"] == {("input", 1, 0): fn, ("middle", 0, 0): fn}
     with pytest.raises(ValueError, match="block, id, index"):
         forge.with_attn1_replacements(original, fn, [("middle", 0)])
+
+
+# --------------------------------------------------------------------------------------------------
+# what the job reports
+
+
+def test_summary_line_and_window_match_the_shared_step_function(forge_host, capsys):
+    """Forge gates by the step its sigma maps to; A1111 by `guidance.sampler_step` over its call counter.
+    Both must pick the same calls: Heun, 5 steps (9 calls), window [0.2, 0.6)."""
+    from asag_lib import guidance
+
+    engine = forge_host.make_engine("sd15")
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True, start=0.2, end=0.6, layers=L), steps=5,
+                                sampler="heun", **SIZE)
+    calls = [c for c in result.calls if not c.recording]
+    main = [i for i, c in enumerate(result.main_calls)]
+    assert len(main) == 9
+    weak_at = {c.sigma for c in result.weak_calls}
+    a1111 = [i for i in main if guidance.step_in_window(guidance.sampler_step(i, 9, 5), 5, 0.2, 0.6)]
+    assert [result.main_calls[i].sigma for i in a1111] == [c.sigma for c in result.weak_calls]
+    assert weak_at and len(calls) == 9 + 4
+    out = capsys.readouterr().out
+    assert "ASAG: done: 2 of 5 steps guided, 4 weak passes" in out
+    assert "outside the start/end window (×3)" in out
+
+
+def test_refiner_is_said_once_in_console_and_info(forge_host, capsys):
+    from types import SimpleNamespace
+
+    engine = forge_host.make_engine("sd15")
+
+    def refiner(p):
+        p.refiner_checkpoint_info, p.refiner_switch_at = SimpleNamespace(title="refiner"), 0.5
+
+    result = forge_host.txt2img(engine, forge_host.args(enabled=True), patchers=[refiner], hires=True, **SIZE)
+    out = capsys.readouterr().out
+    assert out.count("Forge re-runs no script after that switch") == 1
+    assert any("refiner" in text for text in result.p.comments)
+
+
+def test_replacement_unet_is_refused_without_infotext(forge_host, capsys):
+    from types import SimpleNamespace
+
+    from modules import sd_unet
+
+    engine = forge_host.make_engine("sd15")
+    off = forge_host.txt2img(engine, forge_host.args(), **SIZE)
+    sd_unet.current_unet = SimpleNamespace(option=SimpleNamespace(label="[TRT] tiny"))
+    try:
+        on = forge_host.txt2img(engine, forge_host.args(enabled=True), **SIZE)
+    finally:
+        sd_unet.current_unet = None
+    out = capsys.readouterr().out
+    assert out.count("a replacement UNet is active ([TRT] tiny") == 1
+    assert not on.weak_calls and torch.equal(on.samples, off.samples)
+    assert not any(params.is_infotext_key(k) for k in on.p.extra_generation_params)
+    assert "not guided: unsupported model" in out

@@ -23,3 +23,27 @@ def detect() -> Host:
     if _has_module("modules.script_callbacks"):
         return "a1111"
     return "none"
+
+
+def forge_variant() -> str:
+    """Which Forge-family host runs us, for messages and for Neo's differences: 'neo', 'classic',
+    'reforge', 'forge2' (Forge main and other `backend.*` forks), 'ldm_patched' (old Forge), or 'none'.
+
+    `modules_forge.forge_version.version` is 'neo' on Forge Neo, 'classic' on Forge Classic and
+    '1.0.0v2-…' on reForge (docs/hosts.md §10); the backend package tells Forge2 from old Forge.
+    """
+    if not _has_module("modules_forge"):
+        return "none"
+    try:
+        from modules_forge import forge_version
+
+        version = str(getattr(forge_version, "version", ""))
+    except ImportError:
+        version = ""
+    if version in ("neo", "classic"):
+        return version
+    if version.startswith("1.0.0v2"):
+        return "reforge"
+    if _has_module("backend.sampling.sampling_function"):
+        return "forge2"
+    return "ldm_patched"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modules_forge import forge_version
+
 
 class ForgeObjects:
     def __init__(self, unet: Any, clip: Any, vae: Any, clipvision: Any):
@@ -20,7 +22,8 @@ class ForgeObjects:
 
 
 class ForgeDiffusionEngine:
-    """What scripts reach through ``p.sd_model``: the three ForgeObjects slots and the family flags."""
+    """What scripts reach through ``p.sd_model``: the three ForgeObjects slots and the family flags.
+    Neo has no ``is_sd2``/``is_sd3`` (SD2 and SD3 were removed there)."""
 
     def __init__(self, forge_objects: ForgeObjects, *, is_sd1: bool = False, is_sd2: bool = False,
                  is_sdxl: bool = False, is_sd3: bool = False):
@@ -28,8 +31,13 @@ class ForgeDiffusionEngine:
         self.forge_objects_original = forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = forge_objects.shallow_copy()
         self.model_config = None
-        self.is_sd1, self.is_sd2, self.is_sdxl, self.is_sd3 = is_sd1, is_sd2, is_sdxl, is_sd3
+        self.is_sd1, self.is_sdxl = is_sd1, is_sdxl
+        if forge_version.version != "neo":
+            self.is_sd2, self.is_sd3 = is_sd2, is_sd3
 
     def is_webui_legacy_model(self) -> bool:
-        """True for the UNet families the WebUI always supported (and SD3), False for Flux and other DiTs."""
+        """True for the UNet families the WebUI always supported (Forge main: and SD2/SD3; Neo: SD1 and
+        SDXL only), False for Flux and other DiTs."""
+        if forge_version.version == "neo":
+            return bool(self.is_sd1 or self.is_sdxl)
         return bool(self.is_sd1 or self.is_sd2 or self.is_sdxl or self.is_sd3)

@@ -9,6 +9,10 @@ then the 2-tuple ``block``; a hit is called as ``fn(q, k, v, extra_options)`` (h
 result goes through ``to_out``; otherwise the attn1 module itself runs. ``control["middle"]`` residuals are
 added after the middle block.
 
+Its attention modules carry ``heads`` and ``dim_head`` as Forge's ``CrossAttention`` does (hosts.md §11.3);
+the replacement gets ``n_heads``/``dim_head`` from those, never from the Linear layers (quantized Linear
+layers have no ``out_features``).
+
 Test hook: when ``attn1_log`` is a list, every attn1 evaluation appends (3-tuple key, replacement or None).
 """
 
@@ -42,6 +46,9 @@ class IntegratedUNet2DConditionModel(nn.Module):
         self.output_blocks = unet.output_blocks
         self.out = unet.out
         self.attn1_log: list | None = None
+        for module in self.modules():  # Forge's CrossAttention stores dim_head (A1111's classes do not)
+            if hasattr(module, "to_q") and hasattr(module, "heads"):
+                module.dim_head = module.to_q.out_features // module.heads
 
     # --- the forward pass
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None,
@@ -123,5 +130,5 @@ class IntegratedUNet2DConditionModel(nn.Module):
             return attn(n)
         extra = {k: v for k, v in where.items() if k not in _NOT_EXTRA}
         extra["n_heads"] = attn.heads
-        extra["dim_head"] = attn.to_q.out_features // attn.heads
+        extra["dim_head"] = attn.dim_head
         return attn.to_out(replacement(attn.to_q(n), attn.to_k(n), attn.to_v(n), extra))

@@ -12,6 +12,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from modules_forge import forge_version
+
 
 def _with_replacement(options: dict, fn: Callable, kind: str, key: tuple) -> dict:
     """Store ``fn`` at ``key`` under patches_replace[kind], copying each dict on the way, then put the new
@@ -56,7 +58,12 @@ class ModelPatcher:
         self.model_options: dict = {"transformer_options": {}}
 
     def clone(self) -> ModelPatcher:
-        """Same model, same fields, ``model_options`` deep-copied."""
+        """Same model, same fields, ``model_options`` deep-copied. Neo (hosts.md §11.8) builds the clone
+        through the constructor and copies only the fields it knows, ``model_options`` deep-copied."""
+        if forge_version.version == "neo":
+            twin = self.__class__(self.model, self.load_device, self.offload_device, self.size, self.current_device)
+            twin.model_options = copy.deepcopy(self.model_options)
+            return twin
         twin = copy.copy(self)
         twin.model_options = copy.deepcopy(self.model_options)
         return twin

@@ -17,8 +17,8 @@ _REPLACE_ALL_RANGE = 16  # ids and transformer indices covered by set_model_repl
 
 
 class UnetPatcher(ModelPatcher):
-    def __init__(self, model: Any, load_device: Any, offload_device: Any, **kwargs: Any):
-        super().__init__(model, load_device, offload_device, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.controlnet_linked_list: Any = None
         self.extra_preserved_memory_during_sampling: int = 0
         self.extra_model_patchers_during_sampling: list = []
@@ -27,7 +27,10 @@ class UnetPatcher(ModelPatcher):
     def clone(self) -> UnetPatcher:
         """Also keeps the ControlNet chain (by reference) and the reserved memory."""
         twin = super().clone()
+        twin.controlnet_linked_list = self.controlnet_linked_list
+        twin.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
         twin.extra_model_patchers_during_sampling = list(self.extra_model_patchers_during_sampling)
+        twin.extra_concat_condition = self.extra_concat_condition
         return twin
 
     def add_extra_preserved_memory_during_sampling(self, memory_in_bytes: int) -> None:

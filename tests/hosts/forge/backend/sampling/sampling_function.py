@@ -11,6 +11,10 @@ What it models (docs/hosts.md §11.1–§11.4, §14):
   ``args`` dict (no ``cond_scale``; ``uncond`` is the original list).
 * ``sampling_function``: the entry point of Forge's CFGDenoiser: compile conditions, attach
   ``controlnet_linked_list`` as ``control``, run conditioning modifiers, return (denoised, cond, uncond).
+* The CFG mix multiplies by the summed AND strengths when that sum is not 1 (hosts' ``edit_strength``).
+* Forge Neo (``modules_forge.forge_version.version == "neo"``, hosts.md §11.4, §11.8 and the appendix):
+  ``sampling_function(..., extra_model_options)`` merges those into the patcher's options (nested dicts
+  merged, lists concatenated, other values replaced) and post-CFG ``args`` carry ``cond_scale``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from modules_forge import forge_version
 
 from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 
@@ -92,7 +97,7 @@ def calc_cond_uncond_batch(model: Any, cond: list, uncond: list | None, x_in: to
             weights[marker] = weights[marker] + w
     result = []
     for marker in (COND, UNCOND):
-        seen = weights[marker] > 0
+        seen = weights[marker] != 0  # the hosts divide by the summed strengths, negative sums included
         result.append(torch.where(seen, sums[marker] / torch.where(seen, weights[marker], 1.0), sums[marker]))
     return result[0], result[1]
 
@@ -111,8 +116,10 @@ def sampling_function_inner(model: Any, x: torch.Tensor, timestep: torch.Tensor,
     cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, negatives, x, timestep, model_options)
 
     custom_cfg = model_options.get("sampler_cfg_function")
+    summed = sum(entry.get("strength", 1.0) for entry in cond)
     if custom_cfg is None:
-        denoised = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+        mix = cond_scale if _is_one(summed) else _row_weight(summed, cond_pred) * cond_scale
+        denoised = uncond_pred + (cond_pred - uncond_pred) * mix
     else:
         noise_like = custom_cfg({"cond": x - cond_pred, "uncond": x - uncond_pred, "cond_scale": cond_scale,
                                  "timestep": timestep, "input": x, "sigma": timestep, "cond_denoised": cond_pred,
@@ -120,18 +127,45 @@ def sampling_function_inner(model: Any, x: torch.Tensor, timestep: torch.Tensor,
         denoised = x - noise_like
 
     for post in model_options.get("sampler_post_cfg_function", []):
-        denoised = post({"denoised": denoised, "cond": cond, "uncond": uncond, "model": model,
-                         "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
-                         "model_options": model_options, "input": x})
+        args = {"denoised": denoised, "cond": cond, "uncond": uncond, "model": model,
+                "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
+                "model_options": model_options, "input": x}
+        if forge_version.version == "neo":
+            args["cond_scale"] = cond_scale
+        denoised = post(args)
 
     return (denoised, cond_pred, uncond_pred) if return_full else denoised
 
 
-def sampling_function(self: Any, denoiser_params: Any, cond_scale: float, cond_composition: list):
-    """Forge2's CFGDenoiser body: returns (denoised, cond_pred, uncond_pred)."""
+def _is_one(value: Any) -> bool:
+    return bool(torch.all(torch.isclose(torch.as_tensor(value, dtype=torch.float64), torch.tensor(1.0,
+                                                                                              dtype=torch.float64))))
+
+
+def merged_options(base: dict, extra: dict | None) -> dict:
+    """Neo's merge of ``extra_model_options`` into a copy of the patcher's options."""
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merged_options(out[key], value)
+        elif isinstance(out.get(key), list) and isinstance(value, list):
+            out[key] = out[key] + value
+        else:
+            out[key] = value
+    return out
+
+
+def sampling_function(self: Any, denoiser_params: Any, cond_scale: float, cond_composition: list,
+                      extra_model_options: dict | None = None):
+    """Forge2's CFGDenoiser body: returns (denoised, cond_pred, uncond_pred). ``extra_model_options``
+    exists on Neo only."""
     unet = self.inner_model.inner_model.forge_objects.unet
     model = unet.model
     model_options = unet.model_options
+    if forge_version.version == "neo":
+        model_options = merged_options(model_options, extra_model_options)
+    elif extra_model_options is not None:
+        raise TypeError("sampling_function() got an unexpected argument 'extra_model_options'")
     x, timestep = denoiser_params.x, denoiser_params.sigma
     negative = compile_conditions(denoiser_params.text_uncond)
     positive = compile_weighted_conditions(denoiser_params.text_cond, cond_composition)

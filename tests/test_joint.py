@@ -33,7 +33,7 @@ def plan_output(q, k, v, iterations, tol, scale):
 def reference(q, k, v, n_text, mode, keep=None, text_first=True, iterations=3, tol=0.0):
     """Dense float64 joint ASAG; ``keep`` (B, L) bool marks open tokens (key padding)."""
     q, k, v = q.double(), k.double(), v.double()
-    B, H, L, d = q.shape
+    B, _, L, d = q.shape
     scale = 1 / math.sqrt(d)
     keep = torch.ones(B, L, dtype=torch.bool) if keep is None else keep
     s = scale * q @ k.transpose(-1, -2) + torch.where(keep, 0.0, -math.inf).double()[:, None, None, :]
@@ -138,7 +138,7 @@ def test_half_precision_in_and_out(dtype):
 
 def test_bad_input_names_the_field():
     q, k, v = make()
-    with pytest.raises(ValueError, match="'joint'.*'image', 'full'"):
+    with pytest.raises(ValueError, match=r"'joint'.*'image', 'full'"):
         joint_sinkhorn_attention(q, k, v, n_text=3, mode="text")
     with pytest.raises(ValueError, match="n_text"):
         joint_sinkhorn_attention(q, k, v, n_text=24)

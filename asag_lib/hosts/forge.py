@@ -242,6 +242,10 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
         job.say_once(f"not applied to the {pass_name} pass (Hires. fix setting: {settings.hires}).")
         _hand_back_without_ours(p, unet)
         return
+    from asag_lib.hosts import dit  # DiT models (Flux, Chroma…) are set up there; lazy: dit imports forge
+
+    if dit.is_dit(unet) and dit.route(p, job, unet, kwargs):
+        return
     reason = unsupported_reason(p, unet)
     if reason is not None:
         job.say_once(reason)

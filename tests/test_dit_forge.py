@@ -118,3 +118,29 @@ def test_refused_family_says_why_once_and_writes_no_infotext(forge_host, capsys)
     assert out.count("Qwen-Image is not supported yet") == 1
     assert not asag_keys(on) and len(on.calls) == len(off.calls)
     assert torch.equal(on.samples, off.samples)
+
+
+def test_post_cfg_combination_window_and_cond_only_call():
+    """denoised + s·(cond − weak), hand-computed; outside the window the host's tensor comes back as is."""
+    from types import SimpleNamespace
+
+    from asag_lib.hosts.dit import make_post_cfg
+    from asag_lib.hosts.job import Job
+
+    seen = []
+
+    def calc(model, cond, uncond, x, sigma, options):
+        seen.append((uncond, options))
+        return torch.full_like(x, 0.25), None
+
+    hook = SimpleNamespace(options=lambda live: {"copied": True})
+    job = Job(settings=None)
+    fn = make_post_cfg(calc=calc, hook=hook, scale=2.0, rescale=0.0, window=(0.8, 0.2), job=job,
+                       p=SimpleNamespace())
+    x = torch.zeros(1, 4, 2, 2)
+    args = {"denoised": torch.full_like(x, 1.0), "cond_denoised": torch.full_like(x, 0.75), "cond": [{}],
+            "input": x, "model": None, "model_options": {}, "sigma": torch.tensor([0.5])}
+    torch.testing.assert_close(fn(args), torch.full_like(x, 1.0 + 2.0 * (0.75 - 0.25)))
+    assert seen == [(None, {"copied": True})]
+    outside = dict(args, sigma=torch.tensor([0.9]))
+    assert fn(outside) is outside["denoised"] and len(seen) == 1

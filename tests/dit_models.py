@@ -193,3 +193,97 @@ class IntegratedChromaTransformer2DModel(IntegratedFluxTransformer2DModel):
     """Chroma: Flux's block classes without per-block modulation (the model computes it)."""
 
     modulated_blocks = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Qwen-Image: one stack of joint blocks (``transformer_blocks``), ``("double_block", i)`` replacements; the
+# attention module calls this module's global ``attention_function(q, k, v, heads, mask)`` with heads
+# merged, text first, RoPE already applied; a block returns (txt, img).
+
+
+def attention_function(q, k, v, heads, mask=None, **kwargs):
+    split = [rearrange(t, "b l (h d) -> b h l d", h=heads) for t in (q, k, v)]
+    return rearrange(F.scaled_dot_product_attention(*split, attn_mask=mask), "b h l d -> b l (h d)")
+
+
+class QwenAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.to_out, self.to_add_out = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, img, txt, pe):
+        def heads(x):
+            return rearrange(x, "b l (h d) -> b h l d", h=self.heads)
+
+        q = torch.cat((heads(self.add_q_proj(txt)), heads(self.to_q(img))), 2)
+        k = torch.cat((heads(self.add_k_proj(txt)), heads(self.to_k(img))), 2)
+        v = torch.cat((heads(self.add_v_proj(txt)), heads(self.to_v(img))), 2)
+        q, k = apply_rope(q, k, pe)
+        merged = [rearrange(t, "b h l d -> b l (h d)") for t in (q, k, v)]
+        out = attention_function(*merged, self.heads, None)
+        n_txt = txt.shape[1]
+        return self.to_out(out[:, n_txt:]), self.to_add_out(out[:, :n_txt])
+
+
+class QwenImageTransformerBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.attn = QwenAttention(hidden, heads)
+        self.img_mod, self.txt_mod = nn.Linear(hidden, 2 * hidden), nn.Linear(hidden, 2 * hidden)
+        self.img_mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+
+    def forward(self, hidden_states, encoder_hidden_states, encoder_hidden_states_mask, temb, image_rotary_emb=None):
+        i_scale, i_gate = self.img_mod(F.silu(temb))[:, None].chunk(2, dim=-1)
+        t_scale, t_gate = self.txt_mod(F.silu(temb))[:, None].chunk(2, dim=-1)
+        img = F.layer_norm(hidden_states, hidden_states.shape[-1:]) * (1 + i_scale)
+        txt = F.layer_norm(encoder_hidden_states, encoder_hidden_states.shape[-1:]) * (1 + t_scale)
+        img_out, txt_out = self.attn(img, txt, image_rotary_emb)
+        hidden_states = hidden_states + i_gate * img_out
+        hidden_states = hidden_states + self.img_mlp(F.layer_norm(hidden_states, hidden_states.shape[-1:]))
+        return encoder_hidden_states + t_gate * txt_out, hidden_states
+
+
+class QwenImageTransformer2DModel(nn.Module):
+    def __init__(self, in_channels=4, context_dim=16, hidden=32, heads=2, depth=3, seed=0, dtype=torch.float32):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.patch_size = 2
+            self.img_in = nn.Linear(in_channels * 4, hidden)
+            self.txt_in = nn.Linear(context_dim, hidden)
+            self.time_in = nn.Linear(hidden, hidden)
+            self.transformer_blocks = nn.ModuleList([QwenImageTransformerBlock(hidden, heads) for _ in range(depth)])
+            self.proj_out = nn.Linear(hidden, in_channels * 4)
+        self.head_dim = hidden // heads
+        self.to(dtype)
+
+    def forward(self, x, timesteps, context, attention_mask=None, guidance=None, ref_latents=None,
+                transformer_options={}, control=None, **kwargs):  # noqa: B006 - host signature
+        b, _, h, w = x.shape
+        img = self.img_in(rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2))
+        txt = self.txt_in(context.to(img.dtype))
+        t = torch.as_tensor(timesteps).reshape(-1).expand(b)
+        temb = self.time_in(_timestep_features(t, img.shape[-1]).to(img.dtype))
+        length = txt.shape[1] + img.shape[1]
+        freqs = 1.0 / 100.0 ** (torch.arange(self.head_dim // 2) / 8)
+        pe = (torch.arange(length)[:, None] * freqs[None]).float()[None, None].expand(b, 1, length, -1)
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        for i, block in enumerate(self.transformer_blocks):
+            if ("double_block", i) in replace:
+
+                def wrap(a, block=block):
+                    out_txt, out_img = block(hidden_states=a["img"], encoder_hidden_states=a["txt"],
+                                             encoder_hidden_states_mask=None, temb=a["vec"], image_rotary_emb=a["pe"])
+                    return {"txt": out_txt, "img": out_img}
+
+                out = replace[("double_block", i)]({"img": img, "txt": txt, "vec": temb, "pe": pe},
+                                                   {"original_block": wrap})
+                img, txt = out["img"], out["txt"]
+            else:
+                txt, img = block(hidden_states=img, encoder_hidden_states=txt, encoder_hidden_states_mask=None,
+                                 temb=temb, image_rotary_emb=pe)
+        out = self.proj_out(img)
+        return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, w=w // 2, ph=2, pw=2)

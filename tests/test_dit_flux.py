@@ -18,6 +18,7 @@ from tests.test_joint import reference
 
 FLUX = layers.FAMILIES["IntegratedFluxTransformer2DModel"]
 CHROMA = layers.FAMILIES["IntegratedChromaTransformer2DModel"]
+QWEN = layers.FAMILIES["QwenImageTransformer2DModel"]
 KERNEL = KernelOptions(iterations=3, tol=0.0)
 N_TEXT = 5
 
@@ -206,3 +207,48 @@ def test_dit_items_on_a_unet_are_errors_and_syntax_is_shared():
         layers.resolve_refs("sdxl", "double.1")
     with pytest.raises(ValueError, match="reversed"):
         layers.validate_spec("double.4-1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Qwen-Image: heads merged, RoPE applied before the global is called, one stack of joint blocks
+
+
+def qwen_reference_function(joint):
+    def attention_function(q, k, v, heads, mask=None, **kwargs):
+        split = [rearrange(t, "b l (h d) -> b h l d", h=heads) for t in (q, k, v)]
+        out = reference(*split, N_TEXT, joint, iterations=KERNEL.iterations, tol=KERNEL.tol)
+        return rearrange(out, "b h l d -> b l (h d)")
+
+    return attention_function
+
+
+@pytest.mark.parametrize("spec, joint", [("middle", "image"), ("block.0, block.2", "full")])
+def test_qwen_weak_forward_matches_the_float64_reference(spec, joint):
+    model, x, t, c = model_and_inputs(dm.QwenImageTransformer2DModel)
+    hook = hook_for(model, QWEN, spec, joint)
+    got = run(model, x, t, c, hook.options({}))
+    selected = [block for _, block in layers.resolve_dit(model, QWEN, spec)]
+    original = dm.attention_function
+    handles = []
+    for block in selected:
+        handles.append(block.register_forward_pre_hook(
+            lambda *a: setattr(dm, "attention_function", qwen_reference_function(joint))))
+        handles.append(block.register_forward_hook(lambda *a: setattr(dm, "attention_function", original)))
+    try:
+        want = run(model, x, t, c)
+    finally:
+        for h in handles:
+            h.remove()
+        dm.attention_function = original
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert not torch.allclose(got, run(model, x, t, c))
+    assert dm.attention_function is original
+    if spec == "middle":
+        assert hook.refs == [layers.DitRef("block", 1)]
+
+
+def test_qwen_grammar():
+    model = dm.QwenImageTransformer2DModel(depth=3)
+    assert layers.describe_dit(layers.resolve_dit(model, QWEN, "all")) == "block.0-2"
+    with pytest.raises(ValueError, match=r"no double blocks; it has block blocks 0-2"):
+        layers.resolve_dit(model, QWEN, "double.0")

@@ -66,6 +66,17 @@ def test_only_the_weak_call_carries_the_block_replacement(forge_host):
                for c in main_calls)
 
 
+def test_qwen_image_default_layers_at_cfg_one(forge_host, capsys):
+    engine = flux_engine(forge_host, dm.QwenImageTransformer2DModel)
+    off = forge_host.txt2img(engine, forge_host.args(), cfg=1.0)
+    on = forge_host.txt2img(engine, forge_host.args(enabled=True), cfg=1.0)
+    assert "Qwen-Image (DiT): ASAG at 1 block(s): block.1 ('middle' is the UNet default" in capsys.readouterr().out
+    assert len([c for c in on.calls if is_weak(c)]) == STEPS
+    assert not torch.equal(on.samples, off.samples)
+    assert torch.equal(forge_host.txt2img(engine, forge_host.args(), cfg=1.0).samples, off.samples)
+    assert dm.attention_function.__name__ == "attention_function"
+
+
 def test_chroma_and_full_joint(forge_host):
     engine = flux_engine(forge_host, dm.IntegratedChromaTransformer2DModel, depth=1, depth_single=1)
     off = forge_host.txt2img(engine, forge_host.args(), cfg=1.0)
@@ -102,8 +113,8 @@ def test_bad_layers_on_flux_is_one_error_and_no_pass(forge_host, capsys):
     assert set(asag_keys(result)) == {"ASAG error"}
 
 
-class QwenImageTransformer2DModel(nn.Module):
-    """Only the class name matters: a Neo family ASAG refuses."""
+class NextDiT(nn.Module):
+    """Only the class name matters: a Neo family ASAG refuses (Lumina-2 / Z-Image)."""
 
     def forward(self, x, timestep, context, **kwargs):
         return x * 0.5
@@ -111,11 +122,11 @@ class QwenImageTransformer2DModel(nn.Module):
 
 def test_refused_family_says_why_once_and_writes_no_infotext(forge_host, capsys):
     engine = forge_host.make_engine(dit=True, prediction="flow")
-    engine.forge_objects.unet.model.diffusion_model = QwenImageTransformer2DModel()
+    engine.forge_objects.unet.model.diffusion_model = NextDiT()
     off = forge_host.txt2img(engine, forge_host.args(), cfg=1.0)
     on = forge_host.txt2img(engine, forge_host.args(enabled=True), cfg=1.0)
     out = capsys.readouterr().out
-    assert out.count("Qwen-Image is not supported yet") == 1
+    assert out.count("Lumina-2 / Z-Image are not supported yet") == 1
     assert not asag_keys(on) and len(on.calls) == len(off.calls)
     assert torch.equal(on.samples, off.samples)
 

@@ -1,7 +1,7 @@
 """DiT (transformer) models on the Forge family: which family, route to its hook, or say why not.
 
-Called from ``forge.before_sampling`` when the diffusion model is not a UNet. Supported: Flux and Chroma
-(Forge Neo), through :mod:`asag_lib.hosts.dit_flux`. The other families Neo runs are refused with one
+Called from ``forge.before_sampling`` when the diffusion model is not a UNet. Supported: Flux, Chroma and
+Qwen-Image (Forge Neo), through :mod:`asag_lib.hosts.dit_flux`. The other families Neo runs are refused with one
 console line and no ASAG infotext (reasons in :data:`REFUSED` and the README).
 
 Guidance is the UNet path's: one post-CFG function, one cond-only weak call with copied model options,
@@ -25,8 +25,6 @@ from asag_lib.hosts.job import Job, report_error, strip_infotext
 
 #: Neo's other DiT families (class name of the diffusion model) and why ASAG does not run on them yet.
 REFUSED: dict[str, str] = {
-    "QwenImageTransformer2DModel": "Qwen-Image is not supported yet (its joint attention calls "
-    "attention_function with heads merged and no transformer_options; no test model loads on CPU)",
     "NextDiT": "Lumina-2 / Z-Image are not supported yet (no patch hook: per-instance JointAttention swap "
     "not written)",
     "WanModel": "Wan is not supported yet (spatio-temporal attention; per-block swap not written)",
@@ -53,8 +51,11 @@ def route(p: Any, job: Job, unet: Any, kwargs: dict) -> bool:
     if module is not None:
         _before_sampling(p, job, unet, model, family, module, kwargs)
         return True
-    if name in REFUSED:
-        job.say_once(f"{REFUSED[name]}; ASAG is skipped: no extra pass is run.")
+    reason = REFUSED.get(name) or (
+        f"this {family.label} model's blocks do not have the structure ASAG knows (Neo, Feb. 2026)"
+        if family is not None else None)
+    if reason is not None:
+        job.say_once(f"{reason}; ASAG is skipped: no extra pass is run.")
         strip_infotext(p)
         forge._hand_back_without_ours(p, unet)
         return True

@@ -1,23 +1,26 @@
-"""How ASAG reaches Flux's and Chroma's attention on Forge Neo: block replacement + a transient swap.
+"""How ASAG reaches the attention of Forge Neo's block-replacement DiTs (Flux, Chroma, Qwen-Image).
 
-What Neo offers (backend/nn/flux.py, chroma.py, Feb. 2026): the model's block loop looks up
+What Neo offers (backend/nn/flux.py, chroma.py, qwen.py, Feb. 2026): the model's block loop looks up
 ``transformer_options["patches_replace"]["dit"][("double_block" | "single_block", i)]`` and, when present,
-calls ``fn(args, {"original_block": wrap})`` with ``args = {"img", "txt" (double blocks), "vec", "pe",
-"attn_mask", "transformer_options"}``, expecting ``{"img", "txt"}`` / ``{"img"}`` back. Inside,
-``DoubleStreamBlock`` / ``SingleStreamBlock`` call the global ``attention(q, k, v, pe, mask,
-transformer_options)`` of the module that defines them (Chroma imports Flux's block classes), with q, k, v
-as (B, H, L, D), heads split, text tokens first; it applies RoPE (``apply_rope(q, k, pe)``) and returns
-(B, L, H·D). Nothing consults ``patches_replace["attn1"]``.
+calls ``fn(args, {"original_block": wrap})`` with ``args`` holding ``img``, ``txt`` (double blocks), ``vec``,
+``pe`` (Flux/Chroma also ``attn_mask``, ``transformer_options``), expecting ``{"img", "txt"}`` / ``{"img"}``
+back. Inside, the blocks call a global of the module that defines them, text tokens first:
 
-So for each selected block our replacement, present only in the *copy* of the model options that the
-weak call gets, rebinds that module's ``attention`` to ASAG's joint attention (:mod:`asag_lib.joint`)
-for the duration of the block call, and puts back exactly what was there in ``finally`` (unless someone
-else rebound it meanwhile). It wraps whatever replacement another extension had at that key, so theirs
-still runs in the weak pass; the main pass never sees ours. Neo runs one generation at a time, so no
-other forward runs while the global is rebound.
+* Flux / Chroma (Chroma imports Flux's block classes): ``attention(q, k, v, pe, mask, transformer_options)``
+  with q, k, v (B, H, L, D), heads split; it applies RoPE (``apply_rope(q, k, pe)``), returns (B, L, H·D);
+* Qwen-Image: ``attention_function(q, k, v, heads, mask)`` with (B, L, H·D), heads merged, RoPE already
+  applied; returns (B, L, H·D). Its blocks are ``("double_block", i)``, ``block.i`` in the grammar.
 
-Text length: a double block gets ``txt``; single blocks see text+image concatenated, so a pass-through
-recorder on double block 0 (wrapping whatever is there) notes the text length of each weak forward.
+Nothing consults ``patches_replace["attn1"]``. So for each selected block our replacement, present only in
+the *copy* of the model options that the weak call gets, rebinds that module global to ASAG's joint
+attention (:mod:`asag_lib.joint`) for the duration of the block call, and puts back exactly what was there
+in ``finally`` (unless someone else rebound it meanwhile). It wraps whatever replacement another extension
+had at that key, so theirs still runs in the weak pass; the main pass never sees ours. Neo runs one
+generation at a time, so no other forward runs while the global is rebound.
+
+Text length: a double block gets ``txt``; Flux's single blocks see text+image concatenated, so a
+pass-through recorder on double block 0 (wrapping whatever is there) notes the text length of each weak
+forward.
 """
 
 from __future__ import annotations
@@ -38,14 +41,22 @@ from asag_lib.layers import DitFamily, DitRef
 _MISSING = object()
 
 
+#: Per family: the module global the blocks call, and the other globals our replacement needs.
+_GLOBALS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "flux": ("attention", ("apply_rope",)),
+    "chroma": ("attention", ("apply_rope",)),
+    "qwen": ("attention_function", ()),
+}
+
+
 def attention_module(model: nn.Module, family: DitFamily) -> types.ModuleType | None:
-    """The module whose global ``attention`` the blocks call, if it has the documented shape."""
+    """The module whose attention global the blocks call, if it has the documented names."""
+    name, needed = _GLOBALS[family.name]
     for _, attr, _ in family.stacks:
         blocks = getattr(model, attr, None)
         if blocks is not None and len(blocks):
             module = sys.modules.get(type(blocks[0]).__module__)
-            if module is not None and callable(getattr(module, "attention", None)) and callable(
-                    getattr(module, "apply_rope", None)):
+            if module is not None and all(callable(getattr(module, n, None)) for n in (name, *needed)):
                 return module
             return None
     return None
@@ -58,37 +69,48 @@ class WeakPassHook:
                  joint: str):
         self.family, self.refs, self.module = family, list(refs), module
         self.kernel, self.joint = kernel, joint
+        self.global_name = _GLOBALS[family.name][0]
         self.n_text: int | None = None
 
     # --- the attention that runs inside a selected block
     def _attention(self, n_text: int) -> Callable:
-        apply_rope = self.module.apply_rope
         kernel, joint = self.kernel, self.joint
+
+        def attend(q, k, v, mask):
+            with torch.no_grad():
+                return joint_sinkhorn_attention(q, k, v, n_text=n_text, mode=joint, mask=mask,
+                                                iterations=kernel.iterations, tol=kernel.tol, rescale=kernel.rescale)
+
+        if self.global_name == "attention_function":  # Qwen: heads merged, RoPE already applied
+
+            def asag_joint_attention_function(q, k, v, heads, mask=None, *args, **kwargs):
+                split = [rearrange(t, "b l (h d) -> b h l d", h=heads) for t in (q, k, v)]
+                return rearrange(attend(*split, mask), "b h l d -> b l (h d)")
+
+            return asag_joint_attention_function
+
+        apply_rope = self.module.apply_rope
 
         def asag_joint_attention(q, k, v, pe=None, mask=None, transformer_options=None, **kwargs):
             if pe is not None:
                 q, k = apply_rope(q, k, pe)
-            with torch.no_grad():
-                out = joint_sinkhorn_attention(q, k, v, n_text=n_text, mode=joint, mask=mask,
-                                               iterations=kernel.iterations, tol=kernel.tol,
-                                               rescale=kernel.rescale)
-            return rearrange(out, "b h l d -> b l (h d)")
+            return rearrange(attend(q, k, v, mask), "b h l d -> b l (h d)")
 
         return asag_joint_attention
 
     def _run_swapped(self, inner: Callable, args: dict, extra: dict, n_text: int) -> Any:
-        module = self.module
-        previous = module.__dict__.get("attention", _MISSING)
+        module, name = self.module, self.global_name
+        previous = module.__dict__.get(name, _MISSING)
         ours = self._attention(n_text)
-        module.attention = ours
+        setattr(module, name, ours)
         try:
             return inner(args, extra)
         finally:
-            if module.__dict__.get("attention") is ours:
+            if module.__dict__.get(name) is ours:
                 if previous is _MISSING:
-                    del module.attention
+                    delattr(module, name)
                 else:
-                    module.attention = previous
+                    setattr(module, name, previous)
 
     # --- replacement functions
     def _replacement(self, ref: DitRef, theirs: Callable | None) -> Callable:
@@ -125,7 +147,7 @@ class WeakPassHook:
         for key, ref in keys.items():
             dit[key] = self._replacement(ref, dit.get(key))
         first_double = ("double_block", 0)
-        if any(ref.stack != "double" for ref in self.refs) and first_double not in keys:
+        if any(ref.stack == "single" for ref in self.refs) and first_double not in keys:
             dit[first_double] = self._recorder(dit.get(first_double))
         patches_replace["dit"] = dit
         transformer_options["patches_replace"] = patches_replace

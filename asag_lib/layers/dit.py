@@ -9,10 +9,10 @@ from SDXL to a DiT without touching the layers field gets ASAG at that family's 
 
 Presets (resolved from the live model's block counts):
 
-| Preset | Flux / Chroma | why |
-|---|---|---|
-| `early` (default) | `double.1` (`double.0` when the model has one double block) | one early joint block, as diffusers' PAG-SD3 default `blocks.1` ("1st transformer block"): one extra kernel call per step, and early joint blocks set the layout that attention guidance acts on |
-| `all` | every double and single block | slow: one Sinkhorn kernel per block |
+| Preset | Flux / Chroma | Qwen-Image | why |
+|---|---|---|---|
+| `early` (default) | `double.1` (`double.0` when the model has one double block) | `block.1` | one early joint block, as diffusers' PAG-SD3 default `blocks.1` ("1st transformer block"): one extra kernel call per step, and early joint blocks set the layout that attention guidance acts on |
+| `all` | every double and single block | every block | slow: one Sinkhorn kernel per block |
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ _FLUX_STACKS = (("double", "double_blocks", "double_block"), ("single", "single_
 FAMILIES: dict[str, DitFamily] = {
     "IntegratedFluxTransformer2DModel": DitFamily("flux", "Flux", _FLUX_STACKS),
     "IntegratedChromaTransformer2DModel": DitFamily("chroma", "Chroma", _FLUX_STACKS),
+    "QwenImageTransformer2DModel": DitFamily("qwen", "Qwen-Image",
+                                             (("block", "transformer_blocks", "double_block"),)),
 }
 
 

@@ -287,3 +287,72 @@ class QwenImageTransformer2DModel(nn.Module):
                                  temb=temb, image_rotary_emb=pe)
         out = self.proj_out(img)
         return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, w=w // 2, ph=2, pw=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Anima: ``blocks``, each with ``self_attn`` (image tokens, ``is_selfattn``) and ``cross_attn`` (text); the
+# attention op is the instance attribute ``attn_op(q, k, v, transformer_options)`` taking (B, T, H, W, heads, D)
+# and returning (B, S, heads·D). No block-replacement hook.
+
+
+def default_attn_op(q, k, v, transformer_options=None):
+    b, heads = q.shape[0], q.shape[-2]
+    split = [rearrange(t.reshape(b, -1, heads, t.shape[-1]), "b s h d -> b h s d") for t in (q, k, v)]
+    return rearrange(F.scaled_dot_product_attention(*split), "b h s d -> b s (h d)")
+
+
+class SelfCrossAttention(nn.Module):
+    def __init__(self, dim: int, context_dim: int | None, heads: int):
+        super().__init__()
+        self.is_selfattn = context_dim is None
+        self.n_heads = heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(context_dim or dim, dim, bias=False)
+        self.v_proj = nn.Linear(context_dim or dim, dim, bias=False)
+        self.output_proj = nn.Linear(dim, dim, bias=False)
+        self.attn_op = default_attn_op
+
+    def forward(self, x, context=None, transformer_options={}):  # noqa: B006 - host signature
+        ctx = x if context is None else context
+        q, k, v = (rearrange(p(t), "b ... (h d) -> b ... h d", h=self.n_heads)
+                   for p, t in ((self.q_proj, x), (self.k_proj, ctx), (self.v_proj, ctx)))
+        return self.output_proj(self.attn_op(q, k, v, transformer_options=transformer_options))
+
+
+class AnimaBlock(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.self_attn = SelfCrossAttention(dim, None, heads)
+        self.cross_attn = SelfCrossAttention(dim, context_dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, context, emb):
+        shape = x.shape
+        x = x + self.self_attn(F.layer_norm(x, shape[-1:]) * (1 + emb)).reshape(shape)
+        flat = x.reshape(shape[0], -1, shape[-1])
+        x = x + self.cross_attn(F.layer_norm(flat, shape[-1:]), context).reshape(shape)
+        return x + self.mlp(F.layer_norm(x, shape[-1:]))
+
+
+class Anima(nn.Module):
+    def __init__(self, in_channels=4, context_dim=16, hidden=32, heads=2, depth=3, seed=0, dtype=torch.float32):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.x_in = nn.Linear(in_channels * 4, hidden)
+            self.time_in = nn.Linear(hidden, hidden)
+            self.blocks = nn.ModuleList([AnimaBlock(hidden, context_dim, heads) for _ in range(depth)])
+            self.x_out = nn.Linear(hidden, in_channels * 4)
+        self.to(dtype)
+
+    def forward(self, x, timesteps, context, transformer_options={}, **kwargs):  # noqa: B006 - host signature
+        b = x.shape[0]
+        tokens = rearrange(x, "b c (h ph) (w pw) -> b 1 h w (c ph pw)", ph=2, pw=2)
+        tokens = self.x_in(tokens)
+        t = torch.as_tensor(timesteps).reshape(-1).expand(b)
+        emb = self.time_in(_timestep_features(t, tokens.shape[-1]).to(tokens.dtype))[:, None, None, None]
+        context = context.to(tokens.dtype)
+        for block in self.blocks:
+            tokens = block(tokens, context, emb)
+        out = self.x_out(tokens)
+        return rearrange(out, "b 1 h w (c ph pw) -> b c (h ph) (w pw)", ph=2, pw=2)

@@ -252,3 +252,43 @@ def test_qwen_grammar():
     assert layers.describe_dit(layers.resolve_dit(model, QWEN, "all")) == "block.0-2"
     with pytest.raises(ValueError, match=r"no double blocks; it has block blocks 0-2"):
         layers.resolve_dit(model, QWEN, "double.0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Anima: per-instance attn_op swap, image-token self-attention only (the plain kernel)
+
+
+def test_anima_swap_matches_the_reference_and_restores_each_instance():
+    from asag_lib.hosts.dit_swap import SwapHook, swappable
+    from tests.test_sinkhorn import reference as plain_reference
+
+    anima = layers.FAMILIES["Anima"]
+    model, x, t, c = model_and_inputs(dm.Anima)
+    assert swappable(model, anima)
+    refs = [ref for ref, _ in layers.resolve_dit(model, anima, "middle")]
+    assert refs == [layers.DitRef("block", 1)]
+    hook = SwapHook(anima, refs, model, KERNEL)
+    before = [b.self_attn.attn_op for b in model.blocks]
+    with hook.active():
+        assert model.blocks[1].self_attn.attn_op.__name__ == "asag_attn_op"
+        assert model.blocks[0].self_attn.attn_op is before[0] and model.blocks[1].cross_attn.attn_op is dm.default_attn_op
+        got = run(model, x, t, c)
+    assert [b.self_attn.attn_op for b in model.blocks] == before
+    assert "attn_op" in model.blocks[1].self_attn.__dict__  # the instance attribute the host set, put back
+
+    def reference_op(q, k, v, transformer_options=None):
+        heads = q.shape[-2]
+        split = [rearrange(u.reshape(u.shape[0], -1, heads, u.shape[-1]), "b s h d -> b h s d") for u in (q, k, v)]
+        out = plain_reference(*split, iterations=KERNEL.iterations, tol=KERNEL.tol)[0]
+        return rearrange(out, "b h s d -> b s (h d)")
+
+    model.blocks[1].self_attn.attn_op = reference_op
+    try:
+        want = run(model, x, t, c)
+    finally:
+        model.blocks[1].self_attn.attn_op = before[1]
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert not torch.allclose(got, run(model, x, t, c))
+    with pytest.raises(RuntimeError, match="boom"), hook.active():
+        raise RuntimeError("boom")
+    assert [b.self_attn.attn_op for b in model.blocks] == before

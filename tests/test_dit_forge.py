@@ -77,6 +77,18 @@ def test_qwen_image_default_layers_at_cfg_one(forge_host, capsys):
     assert dm.attention_function.__name__ == "attention_function"
 
 
+def test_anima_default_layers(forge_host, capsys):
+    engine = flux_engine(forge_host, dm.Anima)
+    off = forge_host.txt2img(engine, forge_host.args(), cfg=1.0)
+    on = forge_host.txt2img(engine, forge_host.args(enabled=True, scale=2.0), cfg=1.0)
+    assert "Anima (DiT): ASAG at 1 block(s): block.1 ('middle' is the UNet default" in capsys.readouterr().out
+    assert len(on.calls) == 2 * len(off.calls)  # one weak call per step
+    assert not torch.equal(on.samples, off.samples)
+    model = engine.forge_objects.unet.model.diffusion_model
+    assert all(b.self_attn.attn_op is dm.default_attn_op for b in model.blocks)
+    assert torch.equal(forge_host.txt2img(engine, forge_host.args(), cfg=1.0).samples, off.samples)
+
+
 def test_chroma_and_full_joint(forge_host):
     engine = flux_engine(forge_host, dm.IntegratedChromaTransformer2DModel, depth=1, depth_single=1)
     off = forge_host.txt2img(engine, forge_host.args(), cfg=1.0)
@@ -144,7 +156,9 @@ def test_post_cfg_combination_window_and_cond_only_call():
         seen.append((uncond, options))
         return torch.full_like(x, 0.25), None
 
-    hook = SimpleNamespace(options=lambda live: {"copied": True})
+    import contextlib
+
+    hook = SimpleNamespace(options=lambda live: {"copied": True}, active=contextlib.nullcontext)
     job = Job(settings=None)
     fn = make_post_cfg(calc=calc, hook=hook, scale=2.0, rescale=0.0, window=(0.8, 0.2), job=job,
                        p=SimpleNamespace())

@@ -1,8 +1,9 @@
 """DiT (transformer) models on the Forge family: which family, route to its hook, or say why not.
 
-Called from ``forge.before_sampling`` when the diffusion model is not a UNet. Supported: Flux, Chroma and
-Qwen-Image (Forge Neo), through :mod:`asag_lib.hosts.dit_flux`. The other families Neo runs are refused with one
-console line and no ASAG infotext (reasons in :data:`REFUSED` and the README).
+Called from ``forge.before_sampling`` when the diffusion model is not a UNet. Supported (Forge Neo): Flux,
+Chroma and Qwen-Image through :mod:`asag_lib.hosts.dit_flux` (block replacement), Anima through
+:mod:`asag_lib.hosts.dit_swap` (per-instance ``attn_op`` swap around the weak call). The other families
+Neo runs are refused with one console line and no ASAG infotext (reasons in :data:`REFUSED`, README).
 
 Guidance is the UNet path's: one post-CFG function, one cond-only weak call with copied model options,
 ``denoised + s·(cond − weak)`` in x0 space (linear, so exact for flow-matching velocity models too), the
@@ -19,7 +20,7 @@ from typing import Any
 
 from asag_lib import guidance, layers
 from asag_lib.attention import KernelOptions
-from asag_lib.hosts import forge
+from asag_lib.hosts import dit_swap, forge
 from asag_lib.hosts.dit_flux import WeakPassHook, attention_module
 from asag_lib.hosts.job import Job, report_error, strip_infotext
 
@@ -28,8 +29,7 @@ REFUSED: dict[str, str] = {
     "NextDiT": "Lumina-2 / Z-Image are not supported yet (no patch hook: per-instance JointAttention swap "
     "not written)",
     "WanModel": "Wan is not supported yet (spatio-temporal attention; per-block swap not written)",
-    "MiniTrainDIT": "Anima is not supported yet (SelfCrossAttention.attn_op swap not written)",
-    "Anima": "Anima is not supported yet (SelfCrossAttention.attn_op swap not written)",
+    "MiniTrainDIT": "this Cosmos-style model (MiniTrainDIT without Anima's adapter) is not supported",
 }
 
 _SOFTMAX_BUDGET = 64 * 2**20
@@ -47,7 +47,10 @@ def route(p: Any, job: Job, unet: Any, kwargs: dict) -> bool:
     model = unet.model.diffusion_model
     name = type(model).__name__
     family = layers.FAMILIES.get(name)
-    module = attention_module(model, family) if family is not None else None
+    if family is not None and family.name == "anima":
+        module = dit_swap if dit_swap.swappable(model, family) else None
+    else:
+        module = attention_module(model, family) if family is not None else None
     if module is not None:
         _before_sampling(p, job, unet, model, family, module, kwargs)
         return True
@@ -62,7 +65,7 @@ def route(p: Any, job: Job, unet: Any, kwargs: dict) -> bool:
     return False
 
 
-def make_post_cfg(*, calc: Callable, hook: WeakPassHook, scale: float, rescale: float,
+def make_post_cfg(*, calc: Callable, hook: WeakPassHook | dit_swap.SwapHook, scale: float, rescale: float,
                   window: tuple[float, float], job: Job, p: Any) -> Callable:
     """The post-CFG function: gate by the window, one cond-only weak call with the hook's options, combine."""
 
@@ -78,7 +81,8 @@ def make_post_cfg(*, calc: Callable, hook: WeakPassHook, scale: float, rescale: 
             return denoised
         options = hook.options(args["model_options"])
         try:
-            weak = calc(args["model"], cond, None, args["input"], sigma, options)[0]
+            with hook.active():
+                weak = calc(args["model"], cond, None, args["input"], sigma, options)[0]
         except Exception as exc:  # interrupts derive from BaseException and pass through
             message = f"the weak pass failed ({type(exc).__name__}: {exc}); ASAG is off for the rest of this job."
             job.state["failed"] = message
@@ -126,7 +130,11 @@ def _before_sampling(p: Any, job: Job, unet: Any, model: Any, family: layers.Dit
         window = guidance.sigma_window(settings.start, settings.end, to_sigma)
 
     refs = [ref for ref, _ in selected]
-    hook = WeakPassHook(family, refs, module, KernelOptions.from_settings(settings), settings.joint)
+    kernel = KernelOptions.from_settings(settings)
+    if module is dit_swap:
+        hook = dit_swap.SwapHook(family, refs, model, kernel)
+    else:
+        hook = WeakPassHook(family, refs, module, kernel, settings.joint)
     post_cfg = make_post_cfg(calc=calc, hook=hook, scale=settings.scale, rescale=settings.rescale,
                              window=window, job=job, p=p)
     patched = unet.clone()
@@ -143,5 +151,6 @@ def _before_sampling(p: Any, job: Job, unet: Any, model: Any, family: layers.Dit
     chosen = layers.describe_dit(refs)
     why = (f" ('{settings.layers}' is the UNet default; on {family.label} it stands for this family's "
            f"default, '{layers.DIT_DEFAULT_PRESET}')" if layers.uses_unet_default(settings.layers) else "")
-    job.say_once(f"{family.label} (DiT): ASAG at {len(refs)} block(s): {chosen}{why}; joint attention "
-                 f"'{settings.joint}'.")
+    joint = (f"joint attention '{settings.joint}'" if module is not dit_swap
+             else "self-attention over image tokens (no joint attention: 'joint' does not apply)")
+    job.say_once(f"{family.label} (DiT): ASAG at {len(refs)} block(s): {chosen}{why}; {joint}.")

@@ -25,6 +25,7 @@ forward.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -134,6 +135,10 @@ class WeakPassHook:
 
         asag_dit_recorder.asag = True
         return asag_dit_recorder
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """Nothing to install around the weak call: the replacements travel in its options."""
+        return contextlib.nullcontext()
 
     def options(self, live: Mapping) -> dict:
         """A copy of the live model options with our block replacements; the live dict is untouched (the

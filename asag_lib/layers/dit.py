@@ -9,7 +9,7 @@ from SDXL to a DiT without touching the layers field gets ASAG at that family's 
 
 Presets (resolved from the live model's block counts):
 
-| Preset | Flux / Chroma | Qwen-Image | why |
+| Preset | Flux / Chroma | Qwen-Image, Anima | why |
 |---|---|---|---|
 | `early` (default) | `double.1` (`double.0` when the model has one double block) | `block.1` | one early joint block, as diffusers' PAG-SD3 default `blocks.1` ("1st transformer block"): one extra kernel call per step, and early joint blocks set the layout that attention guidance acts on |
 | `all` | every double and single block | every block | slow: one Sinkhorn kernel per block |
@@ -79,6 +79,7 @@ FAMILIES: dict[str, DitFamily] = {
     "IntegratedChromaTransformer2DModel": DitFamily("chroma", "Chroma", _FLUX_STACKS),
     "QwenImageTransformer2DModel": DitFamily("qwen", "Qwen-Image",
                                              (("block", "transformer_blocks", "double_block"),)),
+    "Anima": DitFamily("anima", "Anima", (("block", "blocks", "double_block"),)),
 }
 
 

@@ -93,6 +93,13 @@ PARAMS: tuple[Param, ...] = (
           "UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'.",
           choices=(("auto", "Auto"), ("separate", "Separate call"), ("batched", "Batched with CFG")),
           infotext="weak pass", xyz="Weak pass"),
+    # Rows 11-13 (weak_model, blur_sigma, telemetry) belong to the guidance-lab branch; `joint` is row 14
+    # once they are merged (the schema is append-only: the lead orders the rows at merge).
+    Param("joint", str, "image", "Joint attention (DiT)", "Transformer models with joint text+image "
+          "attention (Flux, Chroma): 'image' puts the adversarial plan on the image-image block and keeps "
+          "each image token's attention to text as softmax gives it; 'full' puts it on the whole joint "
+          "matrix. UNet models ignore it.", choices=(("image", "Image tokens"), ("full", "Whole joint matrix")),
+          infotext="joint", xyz="Joint attention"),
 )
 
 PARAMS_BY_NAME: Mapping[str, Param] = {param.name: param for param in PARAMS}

@@ -455,6 +455,10 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
             job.skip(f"{pass_name} pass not selected")
         _hand_back_without_ours(p, unet)
         return
+    from asag_lib.hosts import dit  # DiT models (Flux, Chroma…) are set up there; lazy: dit imports forge
+
+    if dit.is_dit(unet) and dit.route(p, job, unet, kwargs):
+        return
     reason = unsupported_reason(p, unet)
     if reason is not None:
         _not_applied(p, job, reason, "unsupported model")

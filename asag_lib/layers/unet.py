@@ -9,40 +9,7 @@ A layer is a triple (block, block id, transformer index), :class:`LayerRef`: ``(
 ``input_blocks.7.1.transformer_blocks.3.attn1`` and also the Forge/ComfyUI ``attn1`` patch key. The
 middle block has block id 0.
 
-Grammar
--------
-A spec is a list of items separated by ``,`` or ``;`` (``;`` survives X/Y/Z and infotext, which split
-on commas). Case and whitespace are ignored. The result is the union of the items, in UNet order,
-without duplicates. ``N``, ``K``, ``I``, ``A``, ``B`` are non-negative decimal integers; ``A-B`` is an
-inclusive range with ``A <= B``. (Markdown tables, to be copied into the README.)
-
-| Item | Selects |
-|---|---|
-| `middle` | every transformer of the middle block (SDXL 10, refiner 4, SD1.5/SD2 1) |
-| `middle.K` | transformer K of the middle block (`middle.0` = the first one only) |
-| `middle.A-B` | transformers A..B of the middle block |
-| `input.N`, `output.N` | every transformer of input (output) block N (raw block id, as in the module path) |
-| `input.N.K`, `output.N.K` | transformer K of that block: `input.7.3` = `input_blocks.7.1.transformer_blocks.3.attn1` |
-| `input.N.A-B` | transformers A..B of that block, e.g. `output.0.0-4` |
-| `input.A-B`, `input.A-B.K`, `input.A-B.C-D` | the same for every block A..B that has attention |
-| `input`, `output`, `all` | every transformer of every input block / output block / the whole UNet |
-| `dI`, `uI`, `m0` | pamparamm's shorthand: `d`/`u` + the ORDINAL among the input/output blocks that have attention, not the raw id. SDXL: `d0-d3` = input 4, 5, 7, 8; `u0-u5` = output 0-5. SD1.5/SD2: `d0-d5` = input 1, 2, 4, 5, 7, 8; `u0-u8` = output 3-11. Refiner: `d0-d3` = input 4, 5, 7, 8; `u0-u5` = output 3-8. `m0` = the middle block |
-| `dI.K`, `dI.A-B` | transformer K (A..B) of that block, e.g. `d2.2-9`, `m0.0` |
-| `dA-B`, `dA-dB` | ordinals A..B, e.g. `d0-d3`, `u1-2.0` |
-| a preset name | `middle`, `middle-first`, `deep`, `deep-middle`, `outputs`, `all` (below) |
-
-Rules:
-
-* A single number (block id, ordinal or transformer index) must exist, otherwise the spec is a
-  ``ValueError`` that says what exists (``input.9 does not exist in this UNet; input blocks with
-  attention: 4, 5, 7, 8``).
-* A range selects the members that exist within it and must select at least one: ``input.4-8`` on SDXL
-  is input 4, 5, 7, 8 (6 has no attention); ``output.0-5.0-9`` takes indices 0-1 of the depth-2 blocks.
-* ``middle.N.K`` is rejected (the middle block has no block id in the grammar; write ``middle.K``), so a
-  number after ``middle.`` is always a transformer index.
-* Numbers compare as integers: ``output.1`` never matches ``output.10``, ``d1`` never ``d10``.
-* Malformed specs (empty, ``input.``, ``input.8-7``, ``x3``, negative numbers) are ``ValueError``s that
-  name the spec and list the accepted forms.
+The grammar (shared with DiTs) is in :mod:`asag_lib.layers.grammar`; this module resolves its UNet items.
 
 Presets
 -------
@@ -67,11 +34,23 @@ ASAG always patches with explicit 3-tuple keys (:attr:`LayerRef.forge_key`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
+
+from asag_lib.layers.grammar import (
+    ACCEPTED_FORMS,
+    UNET_PRESET_NAMES,
+    Item,
+    err,
+    fmt_ids,
+    parse_spec,
+    runs,
+    select,
+    span,
+    validate_spec,
+)
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -347,127 +326,27 @@ def _preset_refs(name: str, layout: Layout) -> list[LayerRef]:
 
 
 # --------------------------------------------------------------------------------------------------
-# parsing
-
-_KEYWORDS = frozenset(PRESETS) | {"input", "output"}
-
-ACCEPTED_FORMS = (
-    "accepted forms, separated by commas: a preset (" + ", ".join(PRESETS) + "); "
-    "input / output / all; middle, middle.K, middle.A-B; input.N, input.N.K, input.A-B, input.A-B.K-L "
-    "(same for output); shorthand dI, uI, m0 with optional .K or .A-B (I = ordinal among blocks with "
-    "attention), ranges dA-B or dA-dB; numbers are non-negative integers, ranges A-B need A <= B"
-)
-
-_NUM = r"(\d+)(?:-(\d+))?"
-_RE_CANON = re.compile(rf"(input|output)\.{_NUM}(?:\.{_NUM})?")
-_RE_MIDDLE = re.compile(rf"middle(?:\.{_NUM})?")
-_RE_SHORT = re.compile(r"([dmu])(\d+)(?:-\1?(\d+))?" + rf"(?:\.{_NUM})?")
-
-Range = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One parsed item. ``ids``/``index`` None = all; ``ordinal`` = ids are d/u/m ordinals."""
-
-    text: str
-    kind: str  # "preset", "section", "blocks"
-    name: str  # preset name, or block section
-    ids: Range | None = None
-    index: Range | None = None
-    ordinal: bool = False
-
-
-def _err(spec: str, detail: str) -> ValueError:
-    return ValueError(f"invalid layer spec {spec!r}: {detail}")
-
-
-def _range(spec: str, text: str, lo: str | None, hi: str | None) -> Range | None:
-    if lo is None:
-        return None
-    a = int(lo)
-    b = a if hi is None else int(hi)
-    if b < a:
-        raise _err(spec, f"range {a}-{b} in {text!r} is reversed (write {b}-{a})")
-    return (a, b)
-
-
-def parse_spec(spec: str) -> tuple[_Item, ...]:
-    """Check the syntax of ``spec`` without a UNet; raises ``ValueError`` naming the spec and the forms."""
-    if not isinstance(spec, str):
-        raise ValueError(f"invalid layer spec {spec!r}: expected a string; {ACCEPTED_FORMS}")
-    text = re.sub(r"\s+", "", spec).lower()
-    if not text:
-        raise _err(spec, f"it is empty; {ACCEPTED_FORMS}")
-    items = []
-    for part in re.split(r"[,;]", text):
-        if not part:
-            raise _err(spec, f"empty item (stray comma); {ACCEPTED_FORMS}")
-        items.append(_parse_item(spec, part))
-    return tuple(items)
-
-
-def _parse_item(spec: str, part: str) -> _Item:
-    if part in _KEYWORDS:
-        if part in ("input", "output"):
-            return _Item(part, "section", part)
-        return _Item(part, "preset", part)
-    m = _RE_CANON.fullmatch(part)
-    if m:
-        return _Item(part, "blocks", m[1], _range(spec, part, m[2], m[3]), _range(spec, part, m[4], m[5]))
-    m = _RE_MIDDLE.fullmatch(part)
-    if m:
-        return _Item(part, "blocks", "middle", (0, 0), _range(spec, part, m[1], m[2]))
-    m = _RE_SHORT.fullmatch(part)
-    if m:
-        block = {"d": "input", "m": "middle", "u": "output"}[m[1]]
-        return _Item(part, "blocks", block, _range(spec, part, m[2], m[3]), _range(spec, part, m[4], m[5]),
-                     ordinal=True)
-    if re.search(r"(\.|^[a-z]+)-\d", part):
-        raise _err(spec, f"{part!r}: negative numbers are not allowed; {ACCEPTED_FORMS}")
-    if re.fullmatch(r"middle\.\d+\.\d+(-\d+)?", part):
-        raise _err(spec, f"{part!r}: the middle block takes only a transformer index, write "
-                         f"middle.{part.split('.', 2)[2]} (middle.K selects transformer K)")
-    raise _err(spec, f"cannot parse {part!r}; {ACCEPTED_FORMS}")
-
-
-def validate_spec(spec: str) -> str:
-    """Syntax check for UI/API input; returns the normalised spec (lower case, no whitespace, ``, ``)."""
-    return ", ".join(item.text for item in parse_spec(spec))
-
-
-# --------------------------------------------------------------------------------------------------
 # resolution
 
 
-def _fmt_ids(ids: Iterable[int]) -> str:
-    return ", ".join(str(i) for i in ids) or "none"
 
 
-def _select(available: list[int], want: Range | None, spec: str, what: str, listing: str) -> list[int]:
-    if want is None:
-        return list(available)
-    lo, hi = want
-    if lo == hi:
-        if lo not in available:
-            raise _err(spec, f"{what} does not exist in this UNet; {listing}")
-        return [lo]
-    chosen = [i for i in available if lo <= i <= hi]
-    if not chosen:
-        raise _err(spec, f"{what} selects nothing in this UNet; {listing}")
-    return chosen
 
 
-def _item_refs(item: _Item, layout: Layout, spec: str) -> list[LayerRef]:
+def _item_refs(item: Item, layout: Layout, spec: str) -> list[LayerRef]:
+    if item.is_dit:
+        raise err(spec, f"{item.text!r} names DiT blocks (double/single/block, early), but this model is a "
+                        "UNet; UNet items are middle, input.N, output.N, dI, uI and the presets "
+                        + ", ".join(UNET_PRESET_NAMES))
     if item.kind == "preset":
         refs = _preset_refs(item.name, layout)
         if not refs:
-            raise _err(spec, f"preset {item.name!r} selects nothing in this UNet")
+            raise err(spec, f"preset {item.name!r} selects nothing in this UNet")
         return refs
     if item.kind == "section":
         refs = [r for r in layout.refs() if r.block == item.name]
         if not refs:
-            raise _err(spec, f"this UNet has no {item.name} blocks with attention")
+            raise err(spec, f"this UNet has no {item.name} blocks with attention")
         return refs
 
     block = item.name
@@ -479,19 +358,19 @@ def _item_refs(item: _Item, layout: Layout, spec: str) -> list[LayerRef]:
                           for o, i in enumerate(ids)) or "none"
         lo, hi = item.ids
         what = f"{letter}{lo}" if lo == hi else f"{letter}{lo}-{hi}"
-        chosen_ids = [ids[o] for o in _select(ordinals, item.ids, spec, what,
+        chosen_ids = [ids[o] for o in select(ordinals, item.ids, spec, what,
                                               f"{block} blocks with attention: {pairs}")]
         label = {i: f"{letter}{o}" for o, i in enumerate(ids)}
     else:
         if block == "middle":
             if not ids:
-                raise _err(spec, "this UNet has no middle block with attention")
+                raise err(spec, "this UNet has no middle block with attention")
             chosen_ids = [0]
             label = {0: "middle"}
         else:
             lo, hi = item.ids
             what = f"{block}.{lo}" if lo == hi else f"{block}.{lo}-{hi}"
-            chosen_ids = _select(ids, item.ids, spec, what, f"{block} blocks with attention: {_fmt_ids(ids)}")
+            chosen_ids = select(ids, item.ids, spec, what, f"{block} blocks with attention: {fmt_ids(ids)}")
             label = {i: f"{block}.{i}" for i in ids}
 
     refs = []
@@ -503,25 +382,14 @@ def _item_refs(item: _Item, layout: Layout, spec: str) -> list[LayerRef]:
             lo, hi = item.index
             what = f"{label[bid]}.{lo}" if lo == hi else f"{label[bid]}.{lo}-{hi}"
             where = "the middle block" if block == "middle" else f"{block} block {bid}"
-            indices = _select(list(range(depth)), item.index, spec, what,
-                              f"{where} has transformers {_span(range(depth))}")
+            indices = select(list(range(depth)), item.index, spec, what,
+                              f"{where} has transformers {span(range(depth))}")
         refs += [LayerRef(block, bid, j) for j in indices]
     return refs
 
 
-def _span(indices: Iterable[int]) -> str:
-    runs = _runs(sorted(indices))
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
-def _runs(values: list[int]) -> list[Range]:
-    runs: list[Range] = []
-    for v in values:
-        if runs and v == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], v)
-        else:
-            runs.append((v, v))
-    return runs
 
 
 def resolve_refs(layout: Layout | str | nn.Module, spec: str) -> list[LayerRef]:
@@ -567,7 +435,7 @@ def describe(refs: Iterable[LayerRef | tuple[LayerRef, nn.Module]], sep: str = "
     parts = []
     for block, lo, hi, indices in groups:
         head = "middle" if block == "middle" else f"{block}.{lo}" if lo == hi else f"{block}.{lo}-{hi}"
-        for a, b in _runs(list(indices)):
+        for a, b in runs(list(indices)):
             parts.append(f"{head}.{a}" if a == b else f"{head}.{a}-{b}")
     return sep.join(parts)
 

@@ -246,7 +246,7 @@ defaults to `DEFAULTS_BY_VERSION` under their version and bump INFOTEXT_VERSION.
 
 DEFAULTS_BY_VERSION: Mapping[str, Mapping[str, Any]] = {
     "1": {"scale": 1.5, "layers": "middle", "iterations": 2, "tolerance": 1e-3, "start": 0.0, "end": 1.0,
-          "hires": "both", "rescale": 0.0, "plan": "rows", "weak_pass": "auto"},
+          "hires": "both", "rescale": 0.0, "plan": "rows", "weak_pass": "auto", "joint": "image"},
 }
 """Frozen copies, written out: the defaults each infotext version was written against."""
 

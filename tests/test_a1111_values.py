@@ -257,3 +257,39 @@ def test_summary_line_at_the_end_of_a_guided_job(a1111_host, capsys):
     host.txt2img(seed=1, alwayson={"ASAG": [True, 1.5, LAYER]}, **FAST)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ASAG: done")]
     assert lines == ["ASAG: done: 3 of 3 steps guided, 3 weak passes, 1 layers (input.1.0), 64 tokens"]
+
+
+# ------------------------------------------------------------------------------------------------
+# global RNG: a forward that draws noise (ControlNet's reference units do) must not see ASAG's weak call
+
+
+def test_separate_weak_call_leaves_the_global_rng_as_the_host_left_it(a1111_host):
+    host = a1111_host
+    draws = []
+
+    def noisy(module, args, kwargs):  # a reference unit draws torch.randn_like on every UNet forward
+        draws.append((args[0].shape[0], torch.randn(args[0].shape[0], 3)))  # consumption depends on rows
+
+    handle = host.unet.register_forward_pre_hook(noisy, with_kwargs=True)
+    try:
+        torch.manual_seed(123)
+        host.txt2img(seed=1, **FAST)
+        plain_state = torch.get_rng_state()
+        plain_draws = list(draws)
+        draws.clear()
+        torch.manual_seed(123)
+        host.txt2img(seed=1, alwayson={"ASAG": [True, 1.5, LAYER, 2, 0.001, 0.0, 1.0, "both", 0.0, "rows",
+                                                "separate"]}, **FAST)
+        asag_state = torch.get_rng_state()
+    finally:
+        handle.remove()
+    assert torch.equal(asag_state, plain_state)  # the next img2img init latent would otherwise move
+    host_draws = [d for d in draws if d[0] != 1]
+    weak_draws = [d for d in draws if d[0] == 1]
+    assert len(weak_draws) == FAST["steps"] and len(host_draws) == len(plain_draws)
+    for (_, host_noise), (_, plain_noise) in zip(host_draws, plain_draws, strict=True):
+        assert torch.equal(host_noise, plain_noise)  # the host's own calls draw what they drew without ASAG
+    # the weak call of each step draws what the host's call of that step drew first
+    per_step = len(plain_draws) // FAST["steps"]
+    for i, (_, weak_noise) in enumerate(weak_draws):
+        assert torch.equal(weak_noise, plain_draws[i * per_step][1][: weak_noise.shape[0]])

@@ -14,8 +14,9 @@ the link between the denoiser callback and the two later callbacks, which carry 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -54,6 +55,8 @@ class _Step:
     weak_rows: tuple[int, int] | None = None
     """Batched mode: the weak rows [start, end) inserted into the main call, between cond and uncond."""
     batched_ok: bool = True
+    rng: tuple[Tensor, Tensor | None] | None = None
+    """The global RNG state just before the host's own call of this step (see `_rng_as_host_saw`)."""
 
 
 _current: list[_Step] = []
@@ -339,7 +342,7 @@ def on_cfg_denoiser(params: Any) -> None:
 
     conds_list, _ = prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"], denoiser.step)
     step = _Step(job, params, [list(entries) for entries in conds_list], index=index,
-                 skip_uncond=_host_skips_uncond(params, denoiser))
+                 skip_uncond=_host_skips_uncond(params, denoiser), rng=_rng_state(params.x.device))
     _current.append(step)
     unet = _diffusion_model()
     target = _resolve(job, unet, denoiser.p)
@@ -457,6 +460,33 @@ def _unet_is_hooked(unet: Any) -> bool:
     return unet is not None and "forward" in vars(unet)
 
 
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def _rng_as_host_saw(step: _Step) -> Iterator[None]:
+    """Run the separate weak call from the global RNG state the host's own call started from, then put back
+    the state the host left. Forwards that draw noise (ControlNet's reference units) then see the same noise
+    as the host's cond rows, and a job with ASAG leaves the RNG exactly as one without it: A1111 encodes the
+    next img2img init image from the global RNG before it reseeds (found in the real host)."""
+    device = step.params.x.device
+    after_host = _rng_state(device)
+    if step.rng is not None:
+        _set_rng_state(step.rng, device)
+    try:
+        yield
+    finally:
+        _set_rng_state(after_host, device)
+
+
 def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
     params = step.params
     text_cond = _host_text_cond(params.text_cond, params.text_uncond)
@@ -508,7 +538,8 @@ def on_cfg_denoised(params: Any) -> None:
         step.cond_rows = params.x[:start]
         return
     try:
-        weak = _weak_prediction(step, params.inner_model, target)
+        with _rng_as_host_saw(step):
+            weak = _weak_prediction(step, params.inner_model, target)
     except Exception as exc:  # a failing weak pass must never break the host's sampling
         job.state["failed"] = True
         job.step_done(step.index, "the weak pass failed")

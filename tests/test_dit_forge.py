@@ -48,7 +48,8 @@ def test_default_layers_just_work_on_flux_at_any_cfg(forge_host, capsys, cfg):
     weak = [c for c in on.calls if is_weak(c)]
     assert len(weak) == STEPS and all(c.uncond_none for c in weak)
     assert not torch.equal(on.samples, off.samples)
-    assert asag_keys(on)["ASAG joint"] == "image" and asag_keys(on)["ASAG layers"] == "middle"
+    keys = asag_keys(on)  # defaults (joint 'image', layers 'middle') are left out of the infotext
+    assert "ASAG scale" in keys and "ASAG joint" not in keys and "ASAG layers" not in keys
     after = forge_host.txt2img(engine, forge_host.args(), cfg=cfg)
     assert torch.equal(after.samples, off.samples)  # the next plain job is untouched
     assert dm.attention.__name__ == "attention"
@@ -144,28 +145,40 @@ def test_refused_family_says_why_once_and_writes_no_infotext(forge_host, capsys)
 
 
 def test_post_cfg_combination_window_and_cond_only_call():
-    """denoised + s·(cond − weak), hand-computed; outside the window the host's tensor comes back as is."""
+    """denoised + s·(cond − weak), hand-computed, through the Forge post-CFG function the DiT path shares
+    with UNets; a step outside the Start/End window (a fraction of the steps) gets the host's tensor back."""
+    import contextlib
     from types import SimpleNamespace
 
-    from asag_lib.hosts.dit import make_post_cfg
+    from asag_lib.hosts import forge
+    from asag_lib.hosts.forge_steps import StepClock
     from asag_lib.hosts.job import Job
 
     seen = []
+    active = []
 
     def calc(model, cond, uncond, x, sigma, options):
-        seen.append((uncond, options))
+        seen.append((uncond, options, list(active)))
         return torch.full_like(x, 0.25), None
 
-    import contextlib
+    @contextlib.contextmanager
+    def hook_active():
+        active.append("on")
+        try:
+            yield
+        finally:
+            active.clear()
 
-    hook = SimpleNamespace(options=lambda live: {"copied": True}, active=contextlib.nullcontext)
     job = Job(settings=None)
-    fn = make_post_cfg(calc=calc, hook=hook, scale=2.0, rescale=0.0, window=(0.8, 0.2), job=job,
-                       p=SimpleNamespace())
+    # schedule of 2 steps: sigma 0.9 is step 0 (0/2 < start 0.5: not guided), sigma 0.5 is step 1 (guided)
+    fn = forge.make_post_cfg(calc=calc, weak_options=lambda live: {"copied": True}, active=hook_active,
+                             scale=2.0, rescale=0.0, window=(0.5, 1.0), clock=StepClock([0.9, 0.5, 0.0]),
+                             job=job, p=SimpleNamespace())
     x = torch.zeros(1, 4, 2, 2)
     args = {"denoised": torch.full_like(x, 1.0), "cond_denoised": torch.full_like(x, 0.75), "cond": [{}],
-            "input": x, "model": None, "model_options": {}, "sigma": torch.tensor([0.5])}
-    torch.testing.assert_close(fn(args), torch.full_like(x, 1.0 + 2.0 * (0.75 - 0.25)))
-    assert seen == [(None, {"copied": True})]
-    outside = dict(args, sigma=torch.tensor([0.9]))
-    assert fn(outside) is outside["denoised"] and len(seen) == 1
+            "input": x, "model": None, "model_options": {}, "sigma": torch.tensor([0.9])}
+    assert fn(args) is args["denoised"] and not seen
+    inside = dict(args, sigma=torch.tensor([0.5]))
+    torch.testing.assert_close(fn(inside), torch.full_like(x, 1.0 + 2.0 * (0.75 - 0.25)))
+    assert seen == [(None, {"copied": True}, ["on"])] and not active
+    assert job.guided_steps == 1 and job.weak_passes == 1

@@ -5,9 +5,10 @@ Chroma and Qwen-Image through :mod:`asag_lib.hosts.dit_flux` (block replacement)
 :mod:`asag_lib.hosts.dit_swap` (per-instance ``attn_op`` swap around the weak call). The other families
 Neo runs are refused with one console line and no ASAG infotext (reasons in :data:`REFUSED`, README).
 
-Guidance is the UNet path's: one post-CFG function, one cond-only weak call with copied model options,
-``denoised + s·(cond − weak)`` in x0 space (linear, so exact for flow-matching velocity models too), the
-window by sampling progress through the predictor's ``percent_to_sigma``. At CFG 1 (guidance-distilled
+Guidance is the UNet path's, through ``forge.make_post_cfg``: one post-CFG function, one cond-only weak
+call with copied model options, ``denoised + s·(cond − weak)`` in x0 space (linear, so exact for
+flow-matching velocity models too), Start/End as a fraction of the sampling steps (``forge_steps``), the
+reference recording call skipped, the job's step counters and summary line. At CFG 1 (guidance-distilled
 Flux) Neo still calls ``sampling_function_inner``, which drops only the uncond pass and still runs every
 post-CFG function, so the weak pass runs without ``disable_cfg1_optimization`` (setting it would add an
 uncond pass ASAG does not need).
@@ -15,14 +16,13 @@ uncond pass ASAG does not need).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from asag_lib import guidance, layers
+from asag_lib import layers
 from asag_lib.attention import KernelOptions
 from asag_lib.hosts import dit_swap, forge
 from asag_lib.hosts.dit_flux import WeakPassHook, attention_module
-from asag_lib.hosts.job import Job, report_error, strip_infotext
+from asag_lib.hosts.job import Job, strip_infotext
 
 #: Neo's other DiT families (class name of the diffusion model) and why ASAG does not run on them yet.
 REFUSED: dict[str, str] = {
@@ -65,35 +65,6 @@ def route(p: Any, job: Job, unet: Any, kwargs: dict) -> bool:
     return False
 
 
-def make_post_cfg(*, calc: Callable, hook: WeakPassHook | dit_swap.SwapHook, scale: float, rescale: float,
-                  window: tuple[float, float], job: Job, p: Any) -> Callable:
-    """The post-CFG function: gate by the window, one cond-only weak call with the hook's options, combine."""
-
-    def asag_post_cfg(args: dict):
-        denoised = args["denoised"]
-        if job.state.get("failed"):
-            return denoised
-        sigma = args["sigma"]
-        if not guidance.in_sigma_window(float(sigma.reshape(-1)[0]), window):
-            return denoised
-        cond = args.get("cond")
-        if not cond:
-            return denoised
-        options = hook.options(args["model_options"])
-        try:
-            with hook.active():
-                weak = calc(args["model"], cond, None, args["input"], sigma, options)[0]
-        except Exception as exc:  # interrupts derive from BaseException and pass through
-            message = f"the weak pass failed ({type(exc).__name__}: {exc}); ASAG is off for the rest of this job."
-            job.state["failed"] = message
-            report_error(p, message)
-            return denoised
-        return guidance.combine(denoised, args["cond_denoised"], weak, scale, rescale)
-
-    setattr(asag_post_cfg, forge.MARK, True)
-    return asag_post_cfg
-
-
 def memory_estimate(model: Any, batch: int, h: int, w: int) -> int:
     """Bytes for the joint kernel at the largest block: the kernel's and the softmax parts' score budgets
     plus about eight float32 (B, L, hidden) working tensors (text length unknown here: 512 assumed)."""
@@ -121,26 +92,20 @@ def _before_sampling(p: Any, job: Job, unet: Any, model: Any, family: layers.Dit
         forge._user_error(p, job, f"'layers': {exc}")
         forge._hand_back_without_ours(p, unet)
         return
-    to_sigma = forge.percent_to_sigma_fn(unet.model)
-    if to_sigma is None:
-        if (settings.start, settings.end) != (0.0, 1.0):
-            job.say_once("this host exposes no percent_to_sigma; the start/end window is ignored.")
-        window = (float("inf"), float("-inf"))
-    else:
-        window = guidance.sigma_window(settings.start, settings.end, to_sigma)
-
     refs = [ref for ref, _ in selected]
     kernel = KernelOptions.from_settings(settings)
     if module is dit_swap:
         hook = dit_swap.SwapHook(family, refs, model, kernel)
     else:
         hook = WeakPassHook(family, refs, module, kernel, settings.joint)
-    post_cfg = make_post_cfg(calc=calc, hook=hook, scale=settings.scale, rescale=settings.rescale,
-                             window=window, job=job, p=p)
+    is_hr_pass = bool(getattr(p, "is_hr_pass", False))
+    post_cfg = forge.make_post_cfg(calc=calc, weak_options=hook.options, active=hook.active, scale=settings.scale,
+                                   rescale=settings.rescale, window=(settings.start, settings.end),
+                                   clock=forge.pass_clock(p, is_hr_pass), job=job, p=p)
     patched = unet.clone()
     forge._drop_ours(patched)
     patched.set_model_sampler_post_cfg_function(post_cfg)
-    batch, h, w = forge._latent_hw(p, kwargs, bool(getattr(p, "is_hr_pass", False)))
+    batch, h, w = forge._latent_hw(p, kwargs, is_hr_pass)
     need = memory_estimate(model, batch, h, w)
     preserve = getattr(patched, "add_extra_preserved_memory_during_sampling", None)
     if callable(preserve):

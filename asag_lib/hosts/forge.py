@@ -18,6 +18,7 @@ Host modules are imported inside functions only; importing this module needs no 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -313,9 +314,26 @@ def _position(clock: StepClock, args: Mapping, sigma: float, p: Any, job: Job) -
     return found
 
 
-def make_post_cfg(*, calc: Callable, replacement: Callable, keys: tuple, scale: float, rescale: float,
-                  window: tuple[float, float], clock: StepClock, job: Job, p: Any) -> Callable:
-    """The post-CFG function: skip reference recording, gate by step window, one cond-only weak call."""
+def attn1_weak_options(replacement: Callable, keys: tuple, job: Job) -> Callable[[Mapping], dict]:
+    """UNet models: the weak call's options are a copy of the live ones with ASAG's attn1 replacements."""
+
+    def weak_options(live: Mapping) -> dict:
+        shadowed = set((live.get("transformer_options") or {}).get("patches_replace", {}).get("attn1", {}))
+        shadowed &= set(keys)
+        if shadowed:
+            job.say_once(f"{len(shadowed)} selected layer(s) already carry another extension's attn1 "
+                         "replacement (reference-only, StyleAlign…); ASAG's Sinkhorn attention takes their "
+                         "place in the weak pass only, the main pass keeps theirs.")
+        return with_attn1_replacements(live, replacement, keys)
+
+    return weak_options
+
+
+def make_post_cfg(*, calc: Callable, weak_options: Callable[[Mapping], dict], scale: float, rescale: float,
+                  window: tuple[float, float], clock: StepClock, job: Job, p: Any,
+                  active: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Callable:
+    """The post-CFG function: skip reference recording, gate by step window, one cond-only weak call with
+    `weak_options(live options)` inside `active()` (UNets: attn1 replacements; DiTs: see hosts/dit.py)."""
     start, end = window
     begun: list = []  # the pass is registered at its first call: Forge2 builds three functions per hires job
 
@@ -347,16 +365,10 @@ def make_post_cfg(*, calc: Callable, replacement: Callable, keys: tuple, scale: 
         if factor is None:
             job.step_done(step, "no cond prediction (AND weights sum to 0)" if cond else "no cond prediction")
             return denoised
-        live = args["model_options"]
-        shadowed = set((live.get("transformer_options") or {}).get("patches_replace", {}).get("attn1", {}))
-        shadowed &= set(keys)
-        if shadowed:
-            job.say_once(f"{len(shadowed)} selected layer(s) already carry another extension's attn1 "
-                         "replacement (reference-only, StyleAlign…); ASAG's Sinkhorn attention takes their "
-                         "place in the weak pass only, the main pass keeps theirs.")
-        options = with_attn1_replacements(live, replacement, keys)
+        options = weak_options(args["model_options"])
         try:
-            weak = calc(args["model"], cond, None, args["input"], sigma, options)[0]
+            with active():
+                weak = calc(args["model"], cond, None, args["input"], sigma, options)[0]
         except Exception as exc:  # interrupts derive from BaseException and pass through
             message = f"the weak pass failed ({type(exc).__name__}: {exc}); ASAG is off for the rest of this job."
             job.state["failed"] = message
@@ -446,6 +458,15 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
         _hand_back_without_ours(p, unet)
 
 
+def pass_clock(p: Any, is_hr_pass: bool) -> StepClock:
+    """The step clock of the coming pass (Neo hands its schedule to each call instead)."""
+    try:
+        sigmas = None if host_variant() == "neo" else _pass_sigmas(p, is_hr_pass)
+    except Exception:  # a sampler without a usable schedule: Start/End fall back to its call count
+        sigmas = None
+    return StepClock(sigmas, _second_order(p))
+
+
 def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
     settings = job.settings
     is_hr_pass = bool(getattr(p, "is_hr_pass", False))
@@ -483,16 +504,12 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
         _hand_back_without_ours(p, unet)
         return
 
-    try:
-        sigmas = None if host_variant() == "neo" else _pass_sigmas(p, is_hr_pass)
-    except Exception:  # a sampler without a usable schedule: Start/End fall back to its call count
-        sigmas = None
-    clock = StepClock(sigmas, _second_order(p))
     keys = tuple(ref.forge_key for ref, _ in selected)
     post_cfg = make_post_cfg(
-        calc=calc, replacement=make_attn1_replace(KernelOptions.from_settings(settings)), keys=keys,
-        scale=settings.scale, rescale=settings.rescale, window=(settings.start, settings.end), clock=clock,
-        job=job, p=p,
+        calc=calc, weak_options=attn1_weak_options(make_attn1_replace(KernelOptions.from_settings(settings)),
+                                                   keys, job),
+        scale=settings.scale, rescale=settings.rescale, window=(settings.start, settings.end),
+        clock=pass_clock(p, is_hr_pass), job=job, p=p,
     )
 
     batch, h, w = _latent_hw(p, kwargs, is_hr_pass)

@@ -19,6 +19,9 @@ XYZ_PREFIX = "[ASAG] "
 ATTR_PREFIX = "asag_"
 """X/Y/Z cells and other extensions override a parameter by setting `p.asag_<name>`."""
 
+BLUR_SIGMA_INFINITE = 10000.0
+"""`blur_sigma` at this value (the maximum; 'inf' is accepted too) is SEG's sigma -> infinity: the mean query."""
+
 _TRUE = frozenset({"true", "1", "yes", "on", "enabled"})
 _FALSE = frozenset({"false", "0", "no", "off", "disabled", ""})
 
@@ -92,6 +95,19 @@ PARAMS: tuple[Param, ...] = (
           "UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'.",
           choices=(("auto", "Auto"), ("separate", "Separate call"), ("batched", "Batched with CFG")),
           infotext="weak pass", xyz="Weak pass"),
+    Param("weak_model", str, "asag", "Weak model", "What the weak prediction perturbs the layers with: 'asag' "
+          "(adversarial Sinkhorn plan), 'similarity' (Sinkhorn with the ordinary cost), 'random' (Sinkhorn on a "
+          "seeded random cost), 'uniform' (every query gets the mean of V), 'identity' (PAG: output = V) or "
+          "'blur' (SEG: queries blurred over the token grid).",
+          choices=(("asag", "ASAG (adversarial)"), ("similarity", "Similarity cost"), ("random", "Random cost"),
+                   ("uniform", "Uniform plan"), ("identity", "Identity (PAG)"), ("blur", "Query blur (SEG)")),
+          infotext="weak model", xyz="Weak model"),
+    Param("blur_sigma", float, 10.0, "Blur sigma", "Gaussian sigma (in tokens) of the 'blur' weak model; "
+          f"{BLUR_SIGMA_INFINITE:g} (or 'inf') means infinite: every query becomes the mean query.",
+          0.5, BLUR_SIGMA_INFINITE, 0.5, infotext="blur sigma", xyz="Blur sigma"),
+    Param("telemetry", bool, False, "Telemetry", "Collect the Sinkhorn plan's statistics per layer (normalised "
+          "row entropy, marginal error, iterations) and report them: console table, infotext, JSON next to "
+          "saved images. Does not change the image.", xyz="Telemetry"),
 )
 
 PARAMS_BY_NAME: Mapping[str, Param] = {param.name: param for param in PARAMS}
@@ -164,6 +180,8 @@ def _coerce_number(param: Param, value: Any, source: str) -> int | float:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise _error(param, value, source) from None
+    if param.name == "blur_sigma" and number == math.inf:
+        return BLUR_SIGMA_INFINITE
     if not math.isfinite(number):
         raise _error(param, value, source)
     if param.kind is int:
@@ -234,8 +252,18 @@ def to_infotext(settings: Any) -> dict[str, str]:
     return {
         infotext_key(param): format_value(param, getattr(settings, param.name))
         for param in PARAMS
-        if param.infotext is not None
+        if param.infotext is not None and _written(param, settings)
     }
+
+
+def _written(param: Param, settings: Any) -> bool:
+    """The weak model is written only when it is not the default (infotexts of plain ASAG jobs stay as they
+    were), its blur sigma only for the blur model; pasting fills the default back (`from_infotext`)."""
+    if param.name == "weak_model":
+        return settings.weak_model != param.default
+    if param.name == "blur_sigma":
+        return settings.weak_model == "blur"
+    return True
 
 
 def from_infotext(fields: Mapping[str, str]) -> dict[str, Any]:
@@ -244,6 +272,8 @@ def from_infotext(fields: Mapping[str, str]) -> dict[str, Any]:
     Invalid values are skipped (pasting must never fail), so the control keeps its current value.
     """
     values: dict[str, Any] = {"enabled": infotext_key(PARAMS_BY_NAME["scale"]) in fields}
+    if values["enabled"]:
+        values["weak_model"] = PARAMS_BY_NAME["weak_model"].default  # not written when it is the default
     for param in PARAMS:
         if param.infotext is None or infotext_key(param) not in fields:
             continue

@@ -11,7 +11,10 @@
   "hires": "Which sampling passes get ASAG when Hires. fix is on.",
   "rescale": "CFG-rescale-style correction of the guided prediction's standard deviation towards the cond prediction (0 = off).",
   "plan": "'rows': output n·P·V, rows of the plan sum to 1 (this project's reading of the paper). 'raw': P·V as in the unofficial implementation (output shrunk about n-fold, which nearly deletes the layer).",
-  "weak_pass": "How the extra weak prediction is computed: 'separate' UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'."
+  "weak_pass": "How the extra weak prediction is computed: 'separate' UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'.",
+  "weak_model": "What the weak prediction perturbs the layers with: 'asag' (adversarial Sinkhorn plan), 'similarity' (Sinkhorn with the ordinary cost), 'random' (Sinkhorn on a seeded random cost), 'uniform' (every query gets the mean of V), 'identity' (PAG: output = V) or 'blur' (SEG: queries blurred over the token grid).",
+  "blur_sigma": "Gaussian sigma (in tokens) of the 'blur' weak model; 10000 (or 'inf') means infinite: every query becomes the mean query.",
+  "telemetry": "Collect the Sinkhorn plan's statistics per layer (normalised row entropy, marginal error, iterations) and report them: console table, infotext, JSON next to saved images. Does not change the image."
 };
 
     function applyHints() {

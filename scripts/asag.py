@@ -10,7 +10,7 @@ import importlib
 
 from modules import script_callbacks, scripts
 
-from asag_lib import ui
+from asag_lib import telemetry, ui
 from asag_lib.hosts import detect, job, xyz
 
 TITLE = "ASAG"  # also the API key in alwayson_scripts: keep it stable
@@ -26,6 +26,9 @@ if ADAPTER is not None and hasattr(ADAPTER, "register"):
 # before every UI build (after a reload); `register` deduplicates by label.
 xyz.register()
 script_callbacks.on_before_ui(xyz.register)
+if hasattr(script_callbacks, "on_image_saved"):  # telemetry JSON next to the job's saved images
+    script_callbacks.remove_callbacks_for_function(telemetry.on_image_saved)
+    script_callbacks.on_image_saved(telemetry.on_image_saved)
 
 
 class ASAGScript(scripts.Script):
@@ -52,4 +55,5 @@ class ASAGScript(scripts.Script):
             ADAPTER.before_sampling(p, current, **kwargs)
 
     def postprocess(self, p, processed, *args):
+        telemetry.finish(job.get_job(p))
         job.clear_job(p)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asag_lib import guidance, layers
+from asag_lib import guidance, layers, telemetry, weak
 from asag_lib.attention import (
     ContextTransform,
     KernelOptions,
@@ -139,6 +139,11 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
     if target is None:
         return
     job.say_once(_summary(job, target, unet, x, is_hr))
+    rec = telemetry.recorder(job)
+    if rec is not None:
+        for ref, module in zip(target.refs, target.modules, strict=True):
+            rec.name(module, str(ref))
+        telemetry.attach_infotext(p, rec)
     state["pass_active"] = True
     state["guided"] = True
     state["pass_unet"] = target.unet_id  # a model change after this point is a refiner switch
@@ -249,9 +254,8 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
     def regrouped() -> None:
         step.batched_ok = False
 
-    forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes,
-                                         KernelOptions.from_settings(step.job.settings), _context_transform(),
-                                         regrouped)
+    forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes, _kernel_options(step),
+                                         _context_transform(), regrouped)
     denoiser = params.denoiser
     # arm the wrapper before touching the batch, so a failure leaves the host's batch as it was
     denoiser.model_wrap = _OneShotInnerModel(denoiser, denoiser.inner_model, target.modules, forward)
@@ -264,6 +268,14 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # callbacks
+
+
+def _kernel_options(step: _Step) -> KernelOptions:
+    """The weak model's options for this step: the batch's seed ('random'), the latent size ('blur'
+    token grid) and the job's telemetry recorder (None when off)."""
+    return KernelOptions.from_settings(step.job.settings, seed=weak.seed_of(step.params.denoiser.p),
+                                       latent_hw=tuple(step.params.x.shape[-2:]),
+                                       telemetry=telemetry.recorder(step.job))
 
 
 def _context_transform() -> ContextTransform | None:
@@ -356,7 +368,7 @@ def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
     n_cond = _cond_rows(text_cond)
     n_images = len(step.conds_list)
     pad = _unet_is_hooked(_diffusion_model())
-    forward = make_attn1_forward(KernelOptions.from_settings(step.job.settings), _context_transform())
+    forward = make_attn1_forward(_kernel_options(step), _context_transform())
     weak = torch.empty_like(params.x[:n_cond])
     with patched_forwards(target.modules, forward):
         for rows, sent in _weak_chunks(n_cond, n_images, params.x.shape[0], pad):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from asag_lib import guidance, layers
+from asag_lib import guidance, layers, telemetry, weak
 from asag_lib.attention import KernelOptions, make_attn1_replace
 from asag_lib.hosts.job import Job, pass_selected, report_error, strip_infotext
 
@@ -274,8 +274,15 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
         window = guidance.sigma_window(settings.start, settings.end, to_sigma)
 
     keys = tuple(ref.forge_key for ref, _ in selected)
+    batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
+    rec = telemetry.recorder(job)
+    if rec is not None:
+        for ref, _ in selected:
+            rec.name(ref.forge_key, str(ref))
+        telemetry.attach_infotext(p, rec)
+    kernel = KernelOptions.from_settings(settings, seed=weak.seed_of(p), latent_hw=(h, w), telemetry=rec)
     post_cfg = make_post_cfg(
-        calc=calc, replacement=make_attn1_replace(KernelOptions.from_settings(settings)), keys=keys,
+        calc=calc, replacement=make_attn1_replace(kernel), keys=keys,
         scale=settings.scale, rescale=settings.rescale, window=window, job=job, p=p,
     )
 
@@ -283,7 +290,6 @@ def before_sampling(p: Any, job: Job | None, **kwargs: Any) -> None:
     _drop_ours(patched)  # never stack: the first hires call may see the base pass's UNet
     patched.set_model_sampler_post_cfg_function(post_cfg)
 
-    batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
     tokens = layers.token_counts(diffusion_model, selected, h, w)
     preserve = getattr(patched, "add_extra_preserved_memory_during_sampling", None)
     need = memory_estimate(selected, tokens, batch)

@@ -54,23 +54,22 @@ class KernelOptions:
     def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, layer: Any = None) -> Tensor:
         """The weak model on (batch, heads, tokens, dim) tensors; inference only (the weak pass).
 
-        `layer` identifies the layer for telemetry (a module or a Forge block key)."""
-        want_stats = self.telemetry is not None
+        `layer` identifies the layer for telemetry (a module or a Forge block key). The output is computed
+        the same way with telemetry on or off; the statistics come from a separate small call."""
         with torch.no_grad():
             if self.weak_model == "asag":
-                result = sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
-                                            rescale=self.rescale, return_stats=want_stats)
+                out = sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
+                                         rescale=self.rescale)
             else:
-                result = weak.WEAK_MODELS[self.weak_model](
+                out = weak.WEAK_MODELS[self.weak_model](
                     q, k, v, scale=scale, iterations=self.iterations, tol=self.tol, rescale=self.rescale,
                     seed=self.seed, sigma=self.blur_sigma,
-                    grid=weak.token_grid(q.shape[-2], self.latent_hw) if self.weak_model == "blur" else None,
-                    return_stats=want_stats)
-        if not want_stats:
-            return result
-        out, stats = result
-        if stats is not None:
-            self.telemetry.record(layer, k.shape[-2], stats)
+                    grid=weak.token_grid(q.shape[-2], self.latent_hw) if self.weak_model == "blur" else None)
+            if self.telemetry is not None:
+                stats = weak.plan_stats(self.weak_model, q, k, pick=self.telemetry.pick(layer, q.shape[0] * q.shape[1]),
+                                        scale=scale, iterations=self.iterations, tol=self.tol, seed=self.seed)
+                if stats is not None:
+                    self.telemetry.record(layer, k.shape[-2], stats)
         return out
 
 

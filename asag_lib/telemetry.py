@@ -1,9 +1,10 @@
 """Telemetry: what each layer's transport plan did over one job (paper.md "next checks": how close the
 finite Sinkhorn plan gets to the entropy maximum, and how far from the marginals it stops).
 
-Per layer, every weak-pass call adds the kernel's `SinkhornStats` (one value per batch row and head):
-row entropy divided by log n_k (1.0 = the uniform plan, the maximum), the final row-marginal error and
-the iterations used. Nothing is read back from the device while sampling (the values stay tensors until
+Per layer, every weak-pass call adds the plan's `SinkhornStats` (`weak.plan_stats`): row entropy divided
+by log n_k (1.0 = the uniform plan, the maximum), the final row-marginal error and the iterations used.
+For the Sinkhorn models each call samples one (batch row, head), rotating from call to call, in a small
+separate kernel call, so the image keeps its bits and the cost stays small. Nothing is read back from the device while sampling (the values stay tensors until
 the job reports), and nothing here runs unless the job asked for telemetry.
 
 Reported once per job: a console table (layer × mean/min/max), two infotext keys (`ASAG entropy`,
@@ -42,10 +43,18 @@ class Recorder:
     def __init__(self) -> None:
         self.names: dict[Any, str] = {}
         self._values: dict[Any, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        self._picks: dict[Any, int] = {}
 
     def name(self, layer: Any, name: str) -> None:
         """Give a layer (module or Forge key) its display name, e.g. 'middle.0.0'."""
         self.names[_layer_key(layer)] = name
+
+    def pick(self, layer: Any, n: int) -> int:
+        """Which of the n (batch row, head) slices this layer's call samples: rotates call after call."""
+        key = ("pick", _layer_key(layer))
+        count = self._picks.get(key, 0)
+        self._picks[key] = count + 1
+        return count % max(n, 1)
 
     def record(self, layer: Any, n_keys: int, stats: Any) -> None:
         """Add one kernel call's stats; the division by log n_k stays on the device (no sync)."""

@@ -154,6 +154,36 @@ def blur(q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int] | None = None
     return _with_stats(out, None, return_stats)
 
 
+def plan_stats(name: str, q: Tensor, k: Tensor, *, pick: int = 0, scale: float | None = None, iterations: int = 2,
+               tol: float = 1e-3, seed: int = 0) -> SinkhornStats | None:
+    """Telemetry: the statistics of the weak model's plan, without touching the output computation.
+
+    Exact plans (uniform, identity) are described in full. For the Sinkhorn models one (batch row, head),
+    number `pick` of B·H, is re-run with `return_stats=True` on the same cost (V reduced to one column:
+    the stats do not depend on V), so the output keeps the bits of the plain call and telemetry costs
+    about 1/(B·H) of the kernel; rotating `pick` over the calls covers every head. Blur: None (no plan)."""
+    if name == "uniform":
+        return _plan_stats(q, k, math.log(k.shape[-2]))
+    if name == "identity":
+        return _plan_stats(q, k, 0.0) if k.shape[-2] == q.shape[-2] else None
+    if name == "blur":
+        return None
+    if name == "asag":
+        cost_q, cost_k = q, k
+    elif name == "similarity":
+        cost_q, cost_k = -q, k
+    else:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        cost_q = matched_noise(q, mix_seed(seed, 1, n_q, n_k, q.shape[-1]))
+        cost_k = matched_noise(k, mix_seed(seed, 2, n_q, n_k, k.shape[-1]))
+    b, h = divmod(pick % (q.shape[0] * q.shape[1]), q.shape[1])
+    one = (slice(b, b + 1), slice(h, h + 1))
+    ones = torch.ones_like(cost_k[one][..., :1])
+    _, stats = sinkhorn_attention(cost_q[one], cost_k[one], ones, iterations=iterations, tol=tol, scale=scale,
+                                  return_stats=True)
+    return stats
+
+
 WEAK_MODELS: dict[str, Callable[..., Result]] = {
     "asag": asag, "similarity": similarity, "random": random_cost, "uniform": uniform, "identity": identity,
     "blur": blur,

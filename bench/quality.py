@@ -287,6 +287,12 @@ def generate(jobs: Sequence[Job], clients: Sequence[Client], out: str, base: dic
     remaining = [len(todo)]
 
     def worker(client: Client) -> None:
+        try:
+            work(client)
+        except BaseException as exc:  # anything unexpected (a full disk…) stops every worker, never hangs one
+            fatal.append(exc)
+
+    def work(client: Client) -> None:
         while not fatal:
             with lock:
                 if remaining[0] == 0:

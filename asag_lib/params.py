@@ -252,18 +252,8 @@ def to_infotext(settings: Any) -> dict[str, str]:
     return {
         infotext_key(param): format_value(param, getattr(settings, param.name))
         for param in PARAMS
-        if param.infotext is not None and _written(param, settings)
+        if param.infotext is not None
     }
-
-
-def _written(param: Param, settings: Any) -> bool:
-    """The weak model is written only when it is not the default (infotexts of plain ASAG jobs stay as they
-    were), its blur sigma only for the blur model; pasting fills the default back (`from_infotext`)."""
-    if param.name == "weak_model":
-        return settings.weak_model != param.default
-    if param.name == "blur_sigma":
-        return settings.weak_model == "blur"
-    return True
 
 
 def from_infotext(fields: Mapping[str, str]) -> dict[str, Any]:
@@ -272,8 +262,6 @@ def from_infotext(fields: Mapping[str, str]) -> dict[str, Any]:
     Invalid values are skipped (pasting must never fail), so the control keeps its current value.
     """
     values: dict[str, Any] = {"enabled": infotext_key(PARAMS_BY_NAME["scale"]) in fields}
-    if values["enabled"]:
-        values["weak_model"] = PARAMS_BY_NAME["weak_model"].default  # not written when it is the default
     for param in PARAMS:
         if param.infotext is None or infotext_key(param) not in fields:
             continue

@@ -101,4 +101,4 @@ def test_infotext_values_never_look_like_sizes():
 def test_infotext_without_asag_keys_means_disabled_and_bad_values_are_skipped():
     assert params.from_infotext({"Steps": "20"}) == {"enabled": False}
     values = params.from_infotext({"ASAG scale": "2", "ASAG iterations": "lots"})
-    assert values == {"enabled": True, "scale": 2.0, "weak_model": "asag"}  # default weak model is not written
+    assert values == {"enabled": True, "scale": 2.0}

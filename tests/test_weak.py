@@ -225,13 +225,11 @@ def test_schema_rows_are_appended_in_order_with_clear_errors():
     assert params.from_mapping({"weak_model": "Identity (PAG)"}).weak_model == "identity"
 
 
-def test_infotext_names_the_weak_model_only_when_it_is_not_the_default():
+def test_infotext_names_the_weak_model_and_pastes_back():
     plain = params.to_infotext(params.from_mapping({"enabled": True}))
-    assert "ASAG weak model" not in plain and "ASAG blur sigma" not in plain
+    assert plain["ASAG weak model"] == "asag"  # always written: pasting must restore the control
     seg = params.to_infotext(params.from_mapping({"enabled": True, "weak_model": "blur", "blur_sigma": 3}))
     assert seg["ASAG weak model"] == "blur" and seg["ASAG blur sigma"] == "3"
-    pag = params.to_infotext(params.from_mapping({"weak_model": "identity"}))
-    assert pag["ASAG weak model"] == "identity" and "ASAG blur sigma" not in pag
-    back = params.from_infotext({**plain, "ASAG scale": "2"})
-    assert back["weak_model"] == "asag"  # pasting a plain ASAG infotext resets a chosen weak model
-    assert params.from_infotext(seg)["blur_sigma"] == 3.0
+    back = params.from_infotext(seg)
+    assert back["weak_model"] == "blur" and back["blur_sigma"] == 3.0
+    assert params.from_infotext({"ASAG scale": "2", "ASAG weak model": "Identity (PAG)"})["weak_model"] == "identity"

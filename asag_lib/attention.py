@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from asag_lib import weak
 from asag_lib.sinkhorn import sinkhorn_attention
 
 _MISSING = object()
@@ -29,21 +30,47 @@ ContextTransform = Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """What the Sinkhorn kernel needs from the user's settings."""
+    """What the weak-pass kernel needs from the user's settings (and, for some weak models, the job)."""
 
     iterations: int = 2
     tol: float = 1e-3
     rescale: bool = True
+    weak_model: str = "asag"
+    blur_sigma: float = 10.0
+    seed: int = 0
+    """Job seed, for the 'random' weak model."""
+    latent_hw: tuple[int, int] | None = None
+    """Latent (h, w) of the pass, for the 'blur' weak model's token grid."""
+    telemetry: Any = None
+    """A `telemetry.Recorder` when telemetry is on: the kernel then also returns its statistics."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> KernelOptions:
-        return cls(iterations=settings.iterations, tol=settings.tolerance, rescale=settings.plan == "rows")
+    def from_settings(cls, settings: Any, **job: Any) -> KernelOptions:
+        """`job`: seed, latent_hw, telemetry (whatever the adapter knows about the pass)."""
+        return cls(iterations=settings.iterations, tol=settings.tolerance, rescale=settings.plan == "rows",
+                   weak_model=getattr(settings, "weak_model", "asag"),
+                   blur_sigma=getattr(settings, "blur_sigma", 10.0), **job)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-        """Sinkhorn attention on (batch, heads, tokens, dim) tensors; inference only (the weak pass)."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, layer: Any = None) -> Tensor:
+        """The weak model on (batch, heads, tokens, dim) tensors; inference only (the weak pass).
+
+        `layer` identifies the layer for telemetry (a module or a Forge block key). The output is computed
+        the same way with telemetry on or off; the statistics come from a separate small call."""
         with torch.no_grad():
-            return sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
-                                      rescale=self.rescale)
+            if self.weak_model == "asag":
+                out = sinkhorn_attention(q, k, v, iterations=self.iterations, tol=self.tol, scale=scale,
+                                         rescale=self.rescale)
+            else:
+                out = weak.WEAK_MODELS[self.weak_model](
+                    q, k, v, scale=scale, iterations=self.iterations, tol=self.tol, rescale=self.rescale,
+                    seed=self.seed, sigma=self.blur_sigma,
+                    grid=weak.token_grid(q.shape[-2], self.latent_hw) if self.weak_model == "blur" else None)
+            if self.telemetry is not None:
+                stats = weak.plan_stats(self.weak_model, q, k, pick=self.telemetry.pick(layer, q.shape[0] * q.shape[1]),
+                                        scale=scale, iterations=self.iterations, tol=self.tol, seed=self.seed)
+                if stats is not None:
+                    self.telemetry.record(layer, k.shape[-2], stats)
+        return out
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -66,7 +93,7 @@ def sinkhorn_self_attention(module: nn.Module, x: Tensor, context: Tensor | None
     q = split_heads(module.to_q(x), heads)
     k = split_heads(module.to_k(context_k), heads)
     v = split_heads(module.to_v(context_v), heads)
-    out = merge_heads(options.attend(q, k, v, scale=getattr(module, "scale", None)))
+    out = merge_heads(options.attend(q, k, v, scale=getattr(module, "scale", None), layer=module))
     return module.to_out(out)
 
 
@@ -154,7 +181,16 @@ def make_attn1_replace(options: KernelOptions) -> Callable:
         heads = int(extra_options["n_heads"])
         if q.shape[-1] % heads:
             raise ValueError(f"ASAG attn1: inner dim {q.shape[-1]} is not divisible by n_heads={heads}")
-        out = options.attend(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+        out = options.attend(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
+                             layer=_forge_layer_key(extra_options))
         return merge_heads(out)
 
     return asag_attn1_replace
+
+
+def _forge_layer_key(extra_options: dict) -> tuple | None:
+    """(block name, block id, transformer index): the explicit attn1 key the layer was patched under."""
+    block = extra_options.get("block")
+    if not block or len(block) != 2:
+        return None
+    return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))

@@ -19,6 +19,9 @@ XYZ_PREFIX = "[ASAG] "
 ATTR_PREFIX = "asag_"
 """X/Y/Z cells and other extensions override a parameter by setting `p.asag_<name>`."""
 
+BLUR_SIGMA_INFINITE = 10000.0
+"""`blur_sigma` at this value (the maximum; 'inf' is accepted too) is SEG's sigma -> infinity: the mean query."""
+
 _TRUE = frozenset({"true", "1", "yes", "on", "enabled"})
 _FALSE = frozenset({"false", "0", "no", "off", "disabled", ""})
 
@@ -93,8 +96,19 @@ PARAMS: tuple[Param, ...] = (
           "UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'.",
           choices=(("auto", "Auto"), ("separate", "Separate call"), ("batched", "Batched with CFG")),
           infotext="weak pass", xyz="Weak pass"),
-    # Rows 11-13 (weak_model, blur_sigma, telemetry) belong to the guidance-lab branch; `joint` is row 14
-    # once they are merged (the schema is append-only: the lead orders the rows at merge).
+    Param("weak_model", str, "asag", "Weak model", "What the weak prediction perturbs the layers with: 'asag' "
+          "(adversarial Sinkhorn plan), 'similarity' (Sinkhorn with the ordinary cost), 'random' (Sinkhorn on a "
+          "seeded random cost), 'uniform' (every query gets the mean of V), 'identity' (PAG: output = V) or "
+          "'blur' (SEG: queries blurred over the token grid).",
+          choices=(("asag", "ASAG (adversarial)"), ("similarity", "Similarity cost"), ("random", "Random cost"),
+                   ("uniform", "Uniform plan"), ("identity", "Identity (PAG)"), ("blur", "Query blur (SEG)")),
+          infotext="weak model", xyz="Weak model"),
+    Param("blur_sigma", float, 10.0, "Blur sigma", "Gaussian sigma (in tokens) of the 'blur' weak model; "
+          f"{BLUR_SIGMA_INFINITE:g} (or 'inf') means infinite: every query becomes the mean query.",
+          0.5, BLUR_SIGMA_INFINITE, 0.5, infotext="blur sigma", xyz="Blur sigma"),
+    Param("telemetry", bool, False, "Telemetry", "Collect the Sinkhorn plan's statistics per layer (normalised "
+          "row entropy, marginal error, iterations) and report them: console table, infotext, JSON next to "
+          "saved images. Does not change the image.", xyz="Telemetry"),
     Param("joint", str, "image", "Joint attention (DiT)", "Transformer models with joint text+image "
           "attention (Flux, Chroma): 'image' puts the adversarial plan on the image-image block and keeps "
           "each image token's attention to text as softmax gives it; 'full' puts it on the whole joint "
@@ -172,6 +186,8 @@ def _coerce_number(param: Param, value: Any, source: str) -> int | float:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise _error(param, value, source) from None
+    if param.name == "blur_sigma" and number == math.inf:
+        return BLUR_SIGMA_INFINITE
     if not math.isfinite(number):
         raise _error(param, value, source)
     if param.kind is int:
@@ -246,7 +262,8 @@ defaults to `DEFAULTS_BY_VERSION` under their version and bump INFOTEXT_VERSION.
 
 DEFAULTS_BY_VERSION: Mapping[str, Mapping[str, Any]] = {
     "1": {"scale": 1.5, "layers": "middle", "iterations": 2, "tolerance": 1e-3, "start": 0.0, "end": 1.0,
-          "hires": "both", "rescale": 0.0, "plan": "rows", "weak_pass": "auto", "joint": "image"},
+          "hires": "both", "rescale": 0.0, "plan": "rows", "weak_pass": "auto", "weak_model": "asag",
+          "blur_sigma": 10.0, "telemetry": False, "joint": "image"},
 }
 """Frozen copies, written out: the defaults each infotext version was written against."""
 

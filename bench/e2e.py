@@ -6,10 +6,12 @@ Scenarios (each in a fresh subprocess, so peak memory is its own):
   cfg+pag        plus a PAG-style weak call (identity attn1) on the cond rows at the chosen layers
   cfg+asag       plus ASAG's weak call (Sinkhorn attn1) on the cond rows at the same layers
   cfg+asag-bat   ASAG with the weak rows batched into the main call (row-selective attn1 patch)
+  weak+tel       (--telemetry) the ASAG weak call alone, with and without telemetry, interleaved call by
+                 call so both see the same machine load; reports telemetry's cost in % of the weak pass
 
 Per-step time is the median over the measured steps; "extra MB" is the peak RSS above the CFG step's.
 The UNet is the real SDXL block layout at reduced width (tests/unets.py); on a GPU use --device cuda
-and a larger --width. Usage: python bench/e2e.py [--quick] [--latent 128] [--width 32] [--steps 5]
+and a larger --width. Usage: python bench/e2e.py [--quick] [--latent 128] [--width 32] [--steps 5] [--telemetry]
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if name == "weak+tel":
+        return _telemetry_cost(weak_call, options, modules, args.steps, sync)
+
     with torch.no_grad():
         cfg_call()  # warm-up and memory baseline: the host's own step
         sync()
@@ -132,6 +137,32 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict:
             "layers": len(modules)}
 
 
+def _telemetry_cost(weak_call, options, modules, steps: int, sync) -> dict:
+    """Median weak-call time without and with telemetry, alternating the two call by call."""
+    import dataclasses
+
+    import torch
+
+    from asag_lib import telemetry
+    from asag_lib.attention import make_attn1_forward
+
+    recorder = telemetry.Recorder()
+    plain = make_attn1_forward(options)
+    with_tel = make_attn1_forward(dataclasses.replace(options, telemetry=recorder))
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    with torch.no_grad():
+        same = torch.equal(weak_call(plain), weak_call(with_tel))  # also the warm-up
+        for _ in range(max(steps, 3)):
+            for key, forward in (("off", plain), ("on", with_tel)):
+                start = time.perf_counter()
+                weak_call(forward)
+                sync()
+                times[key].append(time.perf_counter() - start)
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"scenario": "weak+tel", "seconds": off, "seconds_tel": on, "same_bits": same,
+            "layers": len(modules), "entropy": recorder.overall()["entropy"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latent", type=int, default=128, help="latent side (128 = a 1024x1024 image)")
@@ -141,6 +172,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", default="middle,outputs")
     parser.add_argument("--quick", action="store_true", help="small latent and 2 steps: a smoke run")
+    parser.add_argument("--telemetry", action="store_true", help="also measure telemetry's cost (weak+tel)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--layers", default="middle", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,6 +206,15 @@ def main() -> None:
         for name in SCENARIOS:
             row = rows[name]
             print(f"{name:<14}{row['seconds']:>10.4f}{row['seconds'] / cfg:>8.2f}{row['extra_mb']:>10.1f}")
+        if args.telemetry:
+            command = [sys.executable, __file__, "--child", "weak+tel", "--layers", preset, "--latent",
+                       str(args.latent), "--width", str(args.width), "--batch", str(args.batch), "--steps",
+                       str(args.steps), "--device", args.device]
+            tel = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+                             .splitlines()[-1])
+            print(f"weak pass without / with telemetry: {tel['seconds']:.4f} / {tel['seconds_tel']:.4f} s "
+                  f"(+{100 * (tel['seconds_tel'] / tel['seconds'] - 1):.1f} %), same bits: {tel['same_bits']}, "
+                  f"mean normalised entropy {tel['entropy']:.4f}")
         asag, pag = rows["cfg+asag"]["seconds"], rows["cfg+pag"]["seconds"]
         print(f"ASAG/PAG step time: {asag / pag:.3f}   batched/separate ASAG: "
               f"{rows['cfg+asag-bat']['seconds'] / asag:.3f}   disabled/cfg: {rows['cfg+off']['seconds'] / cfg:.3f}")

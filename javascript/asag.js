@@ -13,7 +13,11 @@
   "hires": "Which sampling passes get ASAG when Hires. fix is on.",
   "rescale": "Shrink the ASAG term so the guided prediction's standard deviation moves towards the cond prediction's (in eps space; CFG itself is untouched; 0 = off).",
   "plan": "'rows': output n·P·V, rows of the plan sum to 1 (this project's reading of the paper). 'raw': P·V as in the unofficial implementation (output shrunk about n-fold, which nearly deletes the layer).",
-  "weak_pass": "How the extra weak prediction is computed: 'separate' UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'."
+  "weak_pass": "How the extra weak prediction is computed: 'separate' UNet call on the cond rows, 'batched' into the main call where safe, or 'auto'.",
+  "weak_model": "What the weak prediction perturbs the layers with: 'asag' (adversarial Sinkhorn plan), 'similarity' (Sinkhorn with the ordinary cost), 'random' (Sinkhorn on a seeded random cost), 'uniform' (every query gets the mean of V), 'identity' (PAG: output = V) or 'blur' (SEG: queries blurred over the token grid).",
+  "blur_sigma": "Gaussian sigma (in tokens) of the 'blur' weak model; 10000 (or 'inf') means infinite: every query becomes the mean query.",
+  "telemetry": "Collect the Sinkhorn plan's statistics per layer (normalised row entropy, marginal error, iterations) and report them: console table, infotext, JSON next to saved images. Does not change the image.",
+  "joint": "Transformer models with joint text+image attention (Flux, Chroma): 'image' puts the adversarial plan on the image-image block and keeps each image token's attention to text as softmax gives it; 'full' puts it on the whole joint matrix. UNet models ignore it."
 };
 
     function labelOf(root) {

@@ -10,7 +10,7 @@ import importlib
 
 from modules import script_callbacks, scripts
 
-from asag_lib import params, ui
+from asag_lib import params, telemetry, ui
 from asag_lib.hosts import detect, job, xyz
 
 TITLE = "ASAG"  # also the API key in alwayson_scripts: keep it stable
@@ -29,6 +29,9 @@ xyz.register()
 script_callbacks.on_before_ui(xyz.register)
 # Infotext keeps only non-default values: pasting fills the rest from the defaults it was written with.
 script_callbacks.on_infotext_pasted(params.fill_pasted_infotext, name="asag")
+if hasattr(script_callbacks, "on_image_saved"):  # telemetry JSON next to the job's saved images
+    script_callbacks.remove_callbacks_for_function(telemetry.on_image_saved)
+    script_callbacks.on_image_saved(telemetry.on_image_saved)
 
 
 class ASAGScript(scripts.Script):
@@ -60,4 +63,5 @@ class ASAGScript(scripts.Script):
             job.settle_infotext(p)
 
     def postprocess(self, p, processed, *args):
+        telemetry.finish(job.get_job(p))
         job.finish_job(p)

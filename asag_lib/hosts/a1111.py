@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asag_lib import guidance, layers
+from asag_lib import guidance, layers, telemetry, weak
 from asag_lib.attention import (
     ContextTransform,
     KernelOptions,
@@ -148,6 +148,11 @@ def before_sampling(p: Any, job: Job, x: Tensor | None = None, **_: Any) -> None
         state["pass_skip"] = "the layer spec does not fit this model"
         return
     _describe(job, target, unet, x, is_hr)
+    rec = telemetry.recorder(job)
+    if rec is not None:
+        for ref, module in zip(target.refs, target.modules, strict=True):
+            rec.name(module, str(ref))
+        telemetry.attach_infotext(p, rec)
     state["pass_active"] = True
     state["pass_unet"] = target.unet_id  # a model change after this point is a refiner switch
 
@@ -268,9 +273,8 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
     def regrouped() -> None:
         step.batched_ok = False
 
-    forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes,
-                                         KernelOptions.from_settings(step.job.settings), _context_transform(),
-                                         regrouped)
+    forward = make_row_selective_forward(slice(n_cond, 2 * n_cond), sizes, _kernel_options(step),
+                                         _context_transform(), regrouped)
     denoiser = params.denoiser
     # build all four first: a failure part-way must leave the host's rows as they were (matched)
     grown = [_insert_rows(value, n_cond) for value in (params.x, params.sigma, params.image_cond, params.text_cond)]
@@ -282,6 +286,14 @@ def _batch_weak_rows(step: _Step, target: _Target) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # callbacks
+
+
+def _kernel_options(step: _Step) -> KernelOptions:
+    """The weak model's options for this step: the batch's seed ('random'), the latent size ('blur'
+    token grid) and the job's telemetry recorder (None when off)."""
+    return KernelOptions.from_settings(step.job.settings, seed=weak.seed_of(step.params.denoiser.p),
+                                       latent_hw=tuple(step.params.x.shape[-2:]),
+                                       telemetry=telemetry.recorder(step.job))
 
 
 def _context_transform() -> ContextTransform | None:
@@ -491,7 +503,7 @@ def _weak_prediction(step: _Step, inner_model: Any, target: _Target) -> Tensor:
     params = step.params
     text_cond = _host_text_cond(params.text_cond, params.text_uncond)
     n_cond = _cond_rows(text_cond)
-    forward = make_attn1_forward(KernelOptions.from_settings(step.job.settings), _context_transform())
+    forward = make_attn1_forward(_kernel_options(step), _context_transform())
     weak = torch.empty_like(params.x[:n_cond])
     with patched_forwards(target.modules, forward):
         for rows, sent in _weak_chunks(step, n_cond, _unet_is_hooked(_diffusion_model())):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from asag_lib import guidance, layers
+from asag_lib import guidance, layers, telemetry, weak
 from asag_lib.attention import KernelOptions, make_attn1_replace
 from asag_lib.hosts import forge_variant as host_variant
 from asag_lib.hosts.forge_steps import StepClock
@@ -505,14 +505,19 @@ def _patch(p: Any, job: Job, unet: Any, kwargs: Mapping) -> None:
         return
 
     keys = tuple(ref.forge_key for ref, _ in selected)
+    batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
+    rec = telemetry.recorder(job)
+    if rec is not None:
+        for ref, _ in selected:
+            rec.name(ref.forge_key, str(ref))
+        telemetry.attach_infotext(p, rec)
+    kernel = KernelOptions.from_settings(settings, seed=weak.seed_of(p), latent_hw=(h, w), telemetry=rec)
     post_cfg = make_post_cfg(
-        calc=calc, weak_options=attn1_weak_options(make_attn1_replace(KernelOptions.from_settings(settings)),
-                                                   keys, job),
+        calc=calc, weak_options=attn1_weak_options(make_attn1_replace(kernel), keys, job),
         scale=settings.scale, rescale=settings.rescale, window=(settings.start, settings.end),
         clock=pass_clock(p, is_hr_pass), job=job, p=p,
     )
 
-    batch, h, w = _latent_hw(p, kwargs, is_hr_pass)
     tokens = layers.token_counts(diffusion_model, selected, h, w)
     need = memory_estimate(selected, tokens, batch)
 

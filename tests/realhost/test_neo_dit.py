@@ -134,7 +134,9 @@ def test_flux_off_on_infotext_and_the_next_plain_job(neo):
     after, _ = neo.txt2img()
     assert off == plain and zero == plain and info_off == info_plain and info_zero == info_plain
     assert on != plain
-    assert "ASAG scale: 2" in info_on[0] and "ASAG joint: image" in info_on[0] and "ASAG layers: middle" in info_on[0]
+    # defaults (joint 'image', layers 'middle') are left out; 'ASAG defaults: 1' says which defaults apply
+    assert "ASAG scale: 2" in info_on[0] and "ASAG defaults: 1" in info_on[0]
+    assert "ASAG joint" not in info_on[0] and "ASAG layers" not in info_on[0]
     assert not asag_keys(info_plain[0])
     assert after == plain
     log = neo.log_text()

@@ -152,7 +152,7 @@ def test_row_selective_forward_perturbs_only_the_weak_rows(sdxl):
 class SoftmaxOptions(KernelOptions):
     """Plain softmax attention where the Sinkhorn plan would go: the forward must then be the module."""
 
-    def attend(self, q, k, v, scale=None):
+    def attend(self, q, k, v, scale=None, layer=None):
         weights = torch.softmax((q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5), -1)
         return weights @ v
 

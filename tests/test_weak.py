@@ -227,7 +227,8 @@ def test_schema_rows_are_appended_in_order_with_clear_errors():
 
 def test_infotext_names_the_weak_model_and_pastes_back():
     plain = params.to_infotext(params.from_mapping({"enabled": True}))
-    assert plain["ASAG weak model"] == "asag"  # always written: pasting must restore the control
+    assert "ASAG weak model" not in plain  # the default is left out; pasting fills it from version 1
+    assert params.from_infotext(plain)["weak_model"] == "asag"
     seg = params.to_infotext(params.from_mapping({"enabled": True, "weak_model": "blur", "blur_sigma": 3}))
     assert seg["ASAG weak model"] == "blur" and seg["ASAG blur sigma"] == "3"
     back = params.from_infotext(seg)

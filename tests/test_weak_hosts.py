@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asag_lib import weak
+from asag_lib import params, weak
 
 FAST = {"steps": 1, "width": 64, "height": 64}  # one step already shows each weak model
 BASE11 = [True, 2.0, "all", 2, 1e-3, 0.0, 1.0, "both", 0.0, "rows", "auto"]
@@ -17,6 +17,13 @@ def _args(weak_model, scale=2.0, enabled=True, sigma=2.0):
 def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.images, b.images, strict=True))
 
+
+
+def _restored(infotext: str) -> dict:
+    """What pasting this infotext restores (the last line's `ASAG …` fields, defaults filled by version)."""
+    last = infotext.splitlines()[-1]
+    fields = dict(part.split(": ", 1) for part in last.split(", ") if part.startswith("ASAG "))
+    return params.from_infotext(fields)
 
 def test_a1111_off_and_scale_zero_are_bit_identical_for_every_weak_model(a1111_host):
     host = a1111_host
@@ -36,7 +43,7 @@ def test_a1111_default_weak_model_is_todays_asag_bit_for_bit(a1111_host):
     explicit = host.txt2img(seed=4, alwayson={"ASAG": _args("asag", sigma=10.0)}, **FAST)
     assert _same(eleven, explicit)
     assert eleven.infotexts == explicit.infotexts
-    assert "ASAG weak model: asag" in explicit.infotexts[0]
+    assert _restored(explicit.infotexts[0])["weak_model"] == "asag"  # the default: left out, pasted back
 
 
 def test_a1111_xyz_over_the_weak_model_gives_six_different_images(a1111_host):
@@ -50,7 +57,7 @@ def test_a1111_xyz_over_the_weak_model_gives_six_different_images(a1111_host):
             assert not torch.equal(images[i], images[j]), (weak.NAMES[i], weak.NAMES[j])
     for name, res in zip(weak.NAMES, grid.cell_results, strict=True):
         text = res.infotexts[0]
-        assert "ASAG weak model: " + name in text and "ASAG blur sigma: 2" in text, text
+        assert _restored(text)["weak_model"] == name and _restored(text)["blur_sigma"] == 2.0, text
     # the X/Y/Z cells equal the same jobs run on their own (no state leaks from cell to cell)
     alone = host.txt2img(seed=3, alwayson={"ASAG": _args("identity")}, **FAST)
     assert torch.equal(alone.images[0], images[weak.NAMES.index("identity")])
@@ -87,7 +94,8 @@ def test_forge_every_weak_model_differs_and_scale_zero_is_identical(forge_host):
         on = forge_host.txt2img(engine, forge_host.args(enabled=True, scale=3.0, layers="input.1", weak_model=name,
                                                         blur_sigma=1.0), steps=1, **size)
         samples.append(on.samples)
-        assert on.p.extra_generation_params.get("ASAG weak model") == name
+        written = {k: v for k, v in on.p.extra_generation_params.items() if params.is_infotext_key(k)}
+        assert params.from_infotext(written)["weak_model"] == name
     for i in range(6):
         for j in range(i + 1, 6):
             assert not torch.equal(samples[i], samples[j]), (weak.NAMES[i], weak.NAMES[j])

@@ -84,6 +84,8 @@ class Server:
     port: int
     extensions: dict[str, Path]
     """name in DATA/extensions -> folder (symlinked)."""
+    script: str = "run-api.sh"
+    """The harness's start script: run-api.sh (API only) or run-ui.sh (gradio UI + API)."""
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     _log_mark: int = 0
@@ -113,7 +115,7 @@ class Server:
             raise ServerError(f"port {self.port} is already in use")
         self.prepare()
         self.log_path = self.data_dir / "server.log"
-        args = ["bash", str(self.host / "run-api.sh"), "--data-dir", str(self.data_dir),
+        args = ["bash", str(self.host / self.script), "--data-dir", str(self.data_dir),
                 "--ui-settings-file", str(self.data_dir / "config.json"),
                 "--ui-config-file", str(self.data_dir / "ui-config.json"), "--lora-dir", str(self.data_dir / "Lora")]
         with open(self.log_path, "w") as log:

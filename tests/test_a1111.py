@@ -14,20 +14,6 @@ ON = [True, 2.0, "all"]
 FAST = {"steps": 3, "width": 64, "height": 64}
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Counts Sinkhorn kernel calls (one per patched layer per weak call)."""
-    calls = []
-    real = attention.sinkhorn_attention
-
-    def counting(q, k, v, **kwargs):
-        calls.append(tuple(q.shape))
-        return real(q, k, v, **kwargs)
-
-    monkeypatch.setattr(attention, "sinkhorn_attention", counting)
-    return calls
-
-
 def _no_patch_left(host):
     return all("forward" not in vars(module) for module in host.unet.modules())
 

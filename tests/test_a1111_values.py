@@ -113,23 +113,9 @@ def test_scale_zero_with_rescale_is_still_off(a1111_host):
 # the start/end window counts sampler steps
 
 
-def _kernel_counter(monkeypatch):
-    import asag_lib.attention as attention
-
-    calls = []
-    real = attention.sinkhorn_attention
-
-    def counting(q, k, v, **kwargs):
-        calls.append(tuple(q.shape))
-        return real(q, k, v, **kwargs)
-
-    monkeypatch.setattr(attention, "sinkhorn_attention", counting)
-    return calls
-
-
-def test_both_calls_of_a_second_order_step_share_the_window_decision(a1111_host, monkeypatch, capsys):
+def test_both_calls_of_a_second_order_step_share_the_window_decision(a1111_host, kernel_calls, capsys):
     host = a1111_host
-    calls = _kernel_counter(monkeypatch)
+    calls = kernel_calls
     # Heun, 4 steps: 7 model calls (2 per step, 1 in the last). start 0.3: steps 2 and 3 (i/4 >= 0.3),
     # i.e. 2 + 1 calls; a window on the call count (3/8 >= 0.3) would also guide step 1's second call.
     host.txt2img(seed=1, steps=4, width=64, height=64, sampler="Heun",
@@ -139,11 +125,11 @@ def test_both_calls_of_a_second_order_step_share_the_window_decision(a1111_host,
 
 
 @pytest.mark.parametrize(("start", "end", "guided"), [(0.0, 0.5, [0, 1]), (0.5, 1.0, [2, 3]), (0.25, 0.75, [1, 2])])
-def test_window_selects_steps_by_index_over_n(a1111_host, monkeypatch, start, end, guided):
+def test_window_selects_steps_by_index_over_n(a1111_host, kernel_calls, start, end, guided):
     host = a1111_host
     seen = []
     cb = host.modules["script_callbacks"]
-    calls = _kernel_counter(monkeypatch)
+    calls = kernel_calls
     cb.on_cfg_denoised(lambda params: seen.append(len(calls)), name="test-count")
     host.txt2img(seed=1, steps=4, width=64, height=64, alwayson={"ASAG": [True, 1.5, LAYER, 2, 0.001, start, end]})
     done = [i for i in range(4) if seen[i] > (seen[i - 1] if i else 0)]
@@ -178,9 +164,9 @@ def test_weak_call_sees_the_cond_tokens_the_host_saw(a1111_host, option):
     assert torch.equal(weak, main[:2])
 
 
-def test_controlnet_reference_with_a_long_prompt_at_batch_two(a1111_host, monkeypatch):
+def test_controlnet_reference_with_a_long_prompt_at_batch_two(a1111_host, kernel_calls, monkeypatch):
     host = a1111_host
-    calls = _kernel_counter(monkeypatch)
+    calls = kernel_calls
     unit = host.controlnet.ControlUnit("reference")
     sizes = []
     real_restore = host.controlnet.UnetHook.restore

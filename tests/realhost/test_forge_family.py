@@ -214,7 +214,7 @@ def _axis_values(param: params.Param) -> list[str]:
         return list(choices())[:2]
     return {"scale": ["1", "3"], "layers": ["middle", "output.1"], "iterations": ["1", "3"],
             "tolerance": ["0.001", "0.01"], "start": ["0", "0.5"], "end": ["0.5", "1"],
-            "rescale": ["0", "0.5"]}[param.name]
+            "rescale": ["0", "0.5"], "blur_sigma": ["2", "5"]}[param.name]
 
 
 @pytest.mark.parametrize("param", [p for p in params.PARAMS if p.xyz is not None], ids=lambda p: p.name)
@@ -234,6 +234,8 @@ def test_xyz_over_every_asag_axis(host, param):
     for value, cell in zip(values, cells, strict=True):
         if param.name == "enabled":
             assert ("ASAG scale: 2" in cell) is params.coerce(param, value)
+        elif param.infotext is None:  # telemetry: no key of its own, its statistics appear when it is on
+            assert ("ASAG entropy: " in cell) is params.coerce(param, value), cell
         else:
             key = params.infotext_key(param)
             written = params.format_value(param, params.coerce(param, value))

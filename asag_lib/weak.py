@@ -150,7 +150,9 @@ def blur(q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int] | None = None
     if grid is None:
         grid = (1, q.shape[-2])
     blurred = blur_queries(q, grid, sigma)
-    out = F.scaled_dot_product_attention(blurred, k, v, scale=scale)
+    # fp32 accumulation whatever the input dtype, like the Sinkhorn kernel (torch 2.1 has no CPU half SDPA)
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = F.scaled_dot_product_attention(blurred.to(work), k.to(work), v.to(work), scale=scale).to(q.dtype)
     return _with_stats(out, None, return_stats)
 
 

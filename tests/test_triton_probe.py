@@ -18,6 +18,9 @@ from asag_lib import sinkhorn as sk
 from tests.test_sinkhorn import make, reference, rel_err
 
 LN2 = math.log(2.0)
+needs_flash_cpu = pytest.mark.skipif(
+    not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"),
+    reason="this torch (< 2.2) has no CPU flash op to stand in for the efficient-attention engine")
 
 
 def torch_lse_pass(a, b, bias, c, v=None, block_a=64, block_b=64):
@@ -59,6 +62,7 @@ def test_working_triton_is_chosen_once_per_device_and_dtype(probe_on_cpu, capsys
     assert len(out) == 2 and "cpu:0 (float32 inputs): triton" in out[0]
 
 
+@needs_flash_cpu
 def test_kernel_that_raises_falls_back_to_efficient_attention(probe_on_cpu, capsys, monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("PTX compile error: out of resources\nmore detail")
@@ -70,6 +74,7 @@ def test_kernel_that_raises_falls_back_to_efficient_attention(probe_on_cpu, caps
     assert "more detail" not in line  # one line
 
 
+@needs_flash_cpu
 def test_kernel_that_disagrees_falls_back(probe_on_cpu, capsys, monkeypatch):
     def wrong(a, b, bias, c, v=None, *rest):
         lse, out = torch_lse_pass(a, b, bias, c, v)
@@ -89,6 +94,7 @@ def test_missing_triton_and_broken_efficient_op_leave_the_pure_torch_path(probe_
     assert "triton triton is not installed" in line and "cuda failed: " in line
 
 
+@needs_flash_cpu
 def test_fastest_accurate_path_is_chosen(probe_on_cpu, capsys, monkeypatch):
     monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: {"triton": 3.0, "cuda": 1.0,
                                                                                  "chunked": 2.0}[path])
@@ -97,6 +103,7 @@ def test_fastest_accurate_path_is_chosen(probe_on_cpu, capsys, monkeypatch):
     assert "timed cuda 1000.0 ms, chunked 2000.0 ms, triton 3000.0 ms" in line
 
 
+@needs_flash_cpu
 def test_public_call_uses_the_probed_path_and_survives_a_later_failure(probe_on_cpu, capsys, monkeypatch):
     used = []
 

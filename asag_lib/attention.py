@@ -140,29 +140,38 @@ def make_row_selective_forward(weak: slice, batch_sizes: set[int], options: Kern
 
 
 @contextlib.contextmanager
-def patched_forwards(modules: Sequence[nn.Module], forward: Callable) -> Iterator[None]:
-    """Bind `forward` as the instance attribute of each module for the duration of the block.
+def swapped_attribute(modules: Sequence[nn.Module], name: str, value_for: Callable[[nn.Module], Any]) -> Iterator[None]:
+    """Set the instance attribute `name` of each module to `value_for(module)` for the duration of the block.
 
-    The previous instance attribute (if any, e.g. Hypertile's wrapper) is put back exactly in `finally`,
-    also on exceptions and interrupts; the class-level forward, which A1111 swaps for its optimisations,
-    is never touched. A module whose forward was replaced by someone else meanwhile keeps theirs.
+    The previous instance attribute (if any) is put back exactly in `finally`, also on exceptions and
+    interrupts; class attributes are never touched. A module whose attribute someone else replaced
+    meanwhile keeps theirs.
     """
     installed: list[tuple[nn.Module, object, object]] = []
     try:
         for module in modules:
-            previous = module.__dict__.get("forward", _MISSING)
-            bound = types.MethodType(forward, module)
-            module.forward = bound
-            installed.append((module, previous, bound))
+            previous = module.__dict__.get(name, _MISSING)
+            value = value_for(module)
+            setattr(module, name, value)
+            installed.append((module, previous, value))
         yield
     finally:
-        for module, previous, bound in reversed(installed):
-            if module.__dict__.get("forward") is not bound:
+        for module, previous, value in reversed(installed):
+            if module.__dict__.get(name) is not value:
                 continue
             if previous is _MISSING:
-                del module.forward
+                delattr(module, name)
             else:
-                module.forward = previous
+                setattr(module, name, previous)
+
+
+def patched_forwards(modules: Sequence[nn.Module], forward: Callable) -> contextlib.AbstractContextManager:
+    """Bind `forward` as the instance attribute of each module for the duration of the block.
+
+    The previous instance forward (e.g. Hypertile's wrapper) is put back exactly; the class-level forward,
+    which A1111 swaps for its optimisations, is never touched (`swapped_attribute`).
+    """
+    return swapped_attribute(modules, "forward", lambda module: types.MethodType(forward, module))
 
 
 def has_patch(module: nn.Module) -> bool:

@@ -12,17 +12,15 @@ blocks' ``self_attn`` for the duration of the weak call only, then puts back exa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from asag_lib.attention import KernelOptions
+from asag_lib.attention import KernelOptions, swapped_attribute
 from asag_lib.layers import DitFamily, DitRef
 from asag_lib.sinkhorn import sinkhorn_attention
-
-_MISSING = object()
 
 
 def swappable(model: nn.Module, family: DitFamily) -> bool:
@@ -57,20 +55,7 @@ class SwapHook:
         """The weak call runs with the live options as they are (the swap is on instances, see active)."""
         return live
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self) -> contextlib.AbstractContextManager:
+        """The kernel as each selected block's `attn_op` during the weak call, restored exactly after."""
         op = self._op()
-        installed: list[tuple[nn.Module, object]] = []
-        try:
-            for module in self.modules:
-                installed.append((module, module.__dict__.get("attn_op", _MISSING)))
-                module.attn_op = op
-            yield
-        finally:
-            for module, previous in reversed(installed):
-                if module.__dict__.get("attn_op") is not op:
-                    continue
-                if previous is _MISSING:
-                    del module.attn_op
-                else:
-                    module.attn_op = previous
+        return swapped_attribute(self.modules, "attn_op", lambda module: op)

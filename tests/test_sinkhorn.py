@@ -370,6 +370,23 @@ def test_cached_path_both_kernel_scalings(monkeypatch, unshifted_max, sharp):
     torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
 
 
+def test_cached_path_groups_share_one_kernel_buffer(monkeypatch):
+    """Five heads in groups of two (2, 2, 1) built into one reused buffer: every head must still match the
+    reference, including the last, smaller group and a head whose logits differ wildly from its neighbours'."""
+    monkeypatch.setattr(sk, "_CACHED_GROUP_BYTES", 2 * 60 * 70 * 4)
+    buffers = []
+    original = sk._KernelCacheEngine.__init__
+    monkeypatch.setattr(sk._KernelCacheEngine, "__init__",
+                        lambda self, q2, k, block, buffer=None: buffers.append(buffer) or original(self, q2, k, block, buffer))
+    q, k, v = make(1, 5, 60, 70, 64, 24, seed=11)
+    q[:, 2] *= 9.0  # a sharp head in the middle group: the row-max shift path
+    out = run(q, k, v, "cached", iterations=3, tol=0.0)
+    assert len(buffers) == 3 and all(b is buffers[0] for b in buffers) and buffers[0].shape[0] == 2
+    r_out = reference(q, k, v, iterations=3, tol=0.0)[0]
+    for h in range(5):
+        assert rel_err(out[:, h], r_out[:, h]) <= 1e-5, h
+
+
 def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch):
     """Logits of ±1e4: the cached kernel underflows almost everywhere; those heads must take the exact
     log-domain row pass (and still match the reference), the ordinary head must not."""

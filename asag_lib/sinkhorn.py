@@ -202,6 +202,9 @@ _UNSHIFTED_MAX = 64.0
 #: Row blocks in which the cached path builds its kernel (GEMM, shift, exp2, first sums while in cache).
 _CACHED_BUILD_BYTES = 8 * 2**20
 
+#: Row blocks of the cached path's later passes (views of the cached kernel: no allocation).
+_CACHED_PASS_BYTES = 4 * 2**20
+
 #: The cached path holds at most this many bytes of kernels at a time (and at most half the budget): about
 #: the two cores' L2, so every pass over a group finds it cached; 8 MiB was 3 % and 32 MiB 25 % slower at N=1024.
 _CACHED_GROUP_BYTES = 4 * 2**20
@@ -324,9 +327,6 @@ class _KernelCacheEngine:
         self.kern, self.m = kern, m
         self._first = (m + r.log2(), col, r, col)
 
-    def _rows(self, n_k: int, esize: int) -> int:
-        return max(1, self.block_bytes // (n_k * esize))
-
     def _pass(self, kern: Tensor, m: Tensor, g2: Tensor, want_col: bool, vx: Tensor | None):
         """One pass on the heads of `kern` (a view of the cache). Per head, because torch's batched GEMM
         with one column is several times slower than `mv` on CPU."""
@@ -337,9 +337,10 @@ class _KernelCacheEngine:
         col = kern.new_zeros(Gs, n_k) if want_col else None
         out = None if vx is None else kern.new_empty(Gs, n_q, vx.shape[2])
         bv = None if vx is None else vx * b.unsqueeze(-1)
-        # with V: blocks of up to _CACHED_BUILD_BYTES (L3) keep the GEMM efficient and still find K cached
-        rows = self._rows(n_k, kern.element_size()) if vx is None else max(
-            1, max(self.block_bytes, _CACHED_BUILD_BYTES) // (n_k * kern.element_size()))
+        # blocks are views of the cache (no allocation): sized so that the second product finds the block in
+        # L2 (L3 with V, where larger blocks keep the GEMM efficient), and few enough to keep the number of
+        # parallel regions low (each costs a fork and a join on every thread)
+        rows = max(1, (_CACHED_PASS_BYTES if vx is None else _CACHED_BUILD_BYTES) // (n_k * kern.element_size()))
         for h in range(Gs):
             for r0 in range(0, n_q, rows):
                 blk = kern[h, r0 : r0 + rows]

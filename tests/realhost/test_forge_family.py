@@ -203,6 +203,16 @@ def test_on_differs_carries_infotext_and_says_what_it_did(host):
     assert after.images == host.plain.images
 
 
+def test_cfg_one_is_guided(host):
+    """CFG 1: the hosts drop the uncond pass (reForge and Classic hand post-CFG functions `uncond=None`);
+    ASAG needs only the cond prediction and still guides every step."""
+    plain = host.txt2img(cfg_scale=1)
+    on = host.txt2img(ON, cfg_scale=1)
+    assert on.images != plain.images
+    assert "ASAG scale: 2" in on.infotexts[0] and "ASAG error" not in on.infotexts[0]
+    assert on.summary().startswith(f"ASAG: done: {STEPS} of {STEPS} steps guided, {STEPS} weak passes")
+
+
 @pytest.mark.parametrize("bad", [{"scale": "lots"}, {"layers": "nowhere.7"}, {"hires": "sometimes"}])
 def test_bad_values_give_asag_error_and_change_nothing(host, bad):
     job = host.txt2img({**ON, **bad})

@@ -25,8 +25,10 @@
 #   cannot be mirrored here; Stability-AI/stablediffusion cf1d67a6 (A1111 1.10's and Classic's pin) is used instead.
 #   The `ldm` package is only imported for config classes on these hosts; the UNet runs from ldm_patched.
 #   No host file is patched.
-# Timings on the shared 2-core machine (2026-12-01, loaded by other agents): fresh build reforge ~6 min,
-#   classic ~5 min (almost all pip); re-run ~10 s. Server answers after ~20 s; a 4-step 64x64 SDXL job 3-10 s.
+# Timings on the shared 2-core machine (2026-12-01, both built at once while other agents ran): fresh build
+#   reforge 4 min 51 s (pip 286 s), classic 2 min 54 s (pip 167 s); the one-time SDXL detection check ~10 s;
+#   an idempotent re-run 3 s. API server: answers after ~10 s (it loads the model at start); a 4-step 64x64
+#   SDXL txt2img job 3-10 s; test_forge_family.py (27 checks) 5-6 min per host.
 # Logs: the caller redirects (e.g. > /work/hosts/$HOST.log 2>&1).
 set -euo pipefail
 

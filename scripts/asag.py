@@ -28,7 +28,10 @@ if ADAPTER is not None and hasattr(ADAPTER, "register"):
 xyz.register()
 script_callbacks.on_before_ui(xyz.register)
 # Infotext keeps only non-default values: pasting fills the rest from the defaults it was written with.
-script_callbacks.on_infotext_pasted(params.fill_pasted_infotext, name="asag")
+# No `name=` keyword: Forge Classic's registration functions take the callback only (the script failed to load
+# there); removing it first keeps one registration across script reloads on every host.
+script_callbacks.remove_callbacks_for_function(params.fill_pasted_infotext)
+script_callbacks.on_infotext_pasted(params.fill_pasted_infotext)
 if hasattr(script_callbacks, "on_image_saved"):  # telemetry JSON next to the job's saved images
     script_callbacks.remove_callbacks_for_function(telemetry.on_image_saved)
     script_callbacks.on_image_saved(telemetry.on_image_saved)

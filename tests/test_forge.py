@@ -364,6 +364,27 @@ def test_ldm_patched_flavour(forge_host, capsys):
     assert all(c.replaced_by(asag_replacement) == {("input", 1, 0)} for c in on.weak_calls)
 
 
+@pytest.mark.parametrize("forge_host", ["reforge", "classic"], indirect=True)
+def test_reforge_and_classic_load_and_guide(forge_host, capsys):
+    """reForge and Forge Classic (real hosts, issue 10): the script loads (Classic's callback registration
+    takes no `name` keyword; ASAG failed to load there before), the variant is named, a job is guided and
+    the infotext paste hook is registered once."""
+    from modules import script_callbacks
+
+    from asag_lib.hosts import forge_variant
+
+    assert forge_variant() == forge_host.flavour
+    pasted = [e for e in script_callbacks.callback_map["callbacks_infotext_pasted"]
+              if e.callback is params.fill_pasted_infotext]
+    assert len(pasted) == 1
+    engine = forge_host.make_engine("sd15")
+    off = forge_host.txt2img(engine, forge_host.args(), steps=3, **SIZE)
+    on = forge_host.txt2img(engine, forge_host.args(enabled=True, scale=3.0, layers=L), steps=3, **SIZE)
+    assert f"{forge_host.flavour} (ldm_patched backend)" in capsys.readouterr().out
+    assert on.weak_calls and not torch.equal(on.samples, off.samples)
+    assert on.p.extra_generation_params["ASAG scale"] == "3"
+
+
 def test_with_attn1_replacements_copies_every_level_it_touches():
     def fn(q, k, v, extra_options, mask=None):
         return q

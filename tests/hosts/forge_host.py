@@ -43,8 +43,29 @@ SCRIPT = REPO / "scripts" / "asag.py"
 _PREFIXES = ("modules", "backend", "modules_forge", "ldm_patched", "gradio")
 
 
+LDM_PATCHED = {"ldm_patched": None, "reforge": "1.0.0v2-v1.10.1RC", "classic": "classic"}
+"""The `ldm_patched` flavours and the `modules_forge.forge_version.version` each sets (hosts.md §10): old Forge
+keeps the double's default; reForge and Forge Classic report their own."""
+
+
 def _ours(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in _PREFIXES)
+
+
+def _classic_script_callbacks() -> None:
+    """Forge Classic's `modules/script_callbacks.py` registers with `on_<category>(callback)`: its
+    registration functions take no `name` keyword (A1111 1.10, Forge main, Neo and reForge do)."""
+    from modules import script_callbacks
+
+    def positional_only(register):
+        def on_category(callback):
+            return register(callback)
+
+        on_category.__name__ = register.__name__
+        return on_category
+
+    for attr in [a for a in vars(script_callbacks) if a.startswith("on_")]:
+        setattr(script_callbacks, attr, positional_only(getattr(script_callbacks, attr)))
 
 
 @contextlib.contextmanager
@@ -56,11 +77,16 @@ def forge_environment(flavour: str = "forge2"):
         del sys.modules[name]
     sys.path[:0] = [str(FORGE_ROOT), str(WEBUI_ROOT)]
     try:
-        if flavour == "ldm_patched":
+        if flavour in LDM_PATCHED:
             import ldm_patched.modules.samplers  # noqa: F401  (binds the shared body first)
+            from modules_forge import forge_version
 
             # old Forge / reForge / Classic have no backend.sampling: the adapter must fall through
             sys.modules["backend.sampling.sampling_function"] = None
+            if LDM_PATCHED[flavour] is not None:
+                forge_version.version = LDM_PATCHED[flavour]
+            if flavour == "classic":
+                _classic_script_callbacks()
         elif flavour == "neo":
             from modules_forge import forge_version
 
@@ -211,7 +237,7 @@ class ForgeHost:
 
         recording_calc.__wrapped__ = original
         sf.calc_cond_uncond_batch = recording_calc
-        if self.flavour == "ldm_patched":
+        if self.flavour in LDM_PATCHED:
             import ldm_patched.modules.samplers as ls
 
             ls.calc_cond_uncond_batch = recording_calc
@@ -250,7 +276,7 @@ class ForgeHost:
         objects = ForgeObjects(unet, None, None, None)
         flags = {"sd15": "is_sd1", "sd2": "is_sd2", "sdxl": "is_sdxl", "sdxl-refiner": "is_sdxl"}
         engine = ForgeDiffusionEngine(objects, **({} if dit else {flags[family]: True}))
-        if self.flavour == "ldm_patched":  # reForge's LatentDiffusion: forge_objects, no Forge2 engine flags
+        if self.flavour in LDM_PATCHED:  # reForge's LatentDiffusion: forge_objects, no Forge2 engine flags
             engine = SimpleNamespace(forge_objects=objects, forge_objects_original=objects.shallow_copy(),
                                      forge_objects_after_applying_lora=objects.shallow_copy())
         engine.test_context_dim, engine.test_adm = context_dim, adm

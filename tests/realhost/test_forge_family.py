@@ -1,9 +1,12 @@
 """ASAG in real Forge-family hosts through the HTTP API (issue 10). Skipped unless a built host is named:
 
     ASAG_NEO_HOST=/work/hosts/neo ASAG_FORGE_HOST=/work/hosts/forge python -m pytest -q tests/realhost/test_forge_family.py
+    ASAG_REFORGE_HOST=/work/hosts/reforge ASAG_CLASSIC_HOST=/work/hosts/classic ASAG_FORGE_FAMILY_PORT=7884 \
+        python -m pytest -q tests/realhost/test_forge_family.py
 
 Hosts are the CPU harnesses of ../shared/hosts-build/{neo,forge} (random-weight SDXL at 320 channels, its GGUF
-Q8_0 UNet). The shared webui/extensions folder is never touched: the server runs with a private
+Q8_0 UNet) and, for the `ldm_patched` hosts reForge and Forge Classic, tests/realhost/build/ldm_patched_host.sh
+(the same SDXL checkpoint; no GGUF support there). The shared webui/extensions folder is never touched: the server runs with a private
 `--data-dir` holding `extensions/asag` (symlinks into this checkout) and a symlink to the host's models.
 Ports: ASAG_FORGE_FAMILY_PORT (default 7883). Images are noise; checks compare bytes, infotext and the
 server's `ASAG:` console lines (the per-job summary line).
@@ -31,7 +34,11 @@ from asag_lib import params
 from asag_lib.hosts import xyz
 
 REPO = Path(__file__).resolve().parents[2]
-HOSTS = {name: os.environ.get(var) for name, var in (("neo", "ASAG_NEO_HOST"), ("forge", "ASAG_FORGE_HOST"))}
+HOSTS = {name: os.environ.get(var) for name, var in (("neo", "ASAG_NEO_HOST"), ("forge", "ASAG_FORGE_HOST"),
+                                                    ("reforge", "ASAG_REFORGE_HOST"), ("classic", "ASAG_CLASSIC_HOST"))}
+LAUNCHER = {"neo": "run_neo.sh", "forge": "run_forge.sh", "reforge": "run_reforge.sh", "classic": "run_classic.sh"}
+LDM_PATCHED = ("reforge", "classic")
+"""Old-Forge hosts: no `forge_additional_modules` / `hr_additional_modules`, no GGUF loader."""
 AVAILABLE = [name for name, path in HOSTS.items() if path]
 PORT = int(os.environ.get("ASAG_FORGE_FAMILY_PORT", "7883"))
 STEPS = 4
@@ -40,7 +47,16 @@ GGUF = {"sd_model_checkpoint": "random-sdxl-320-unet-Q8_0.gguf",
                                      "random-sdxl-320-clip_g.safetensors"]}
 SDXL = {"sd_model_checkpoint": "random-sdxl-320.safetensors", "forge_additional_modules": []}
 
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason="set ASAG_NEO_HOST and/or ASAG_FORGE_HOST to a built host")
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="set ASAG_NEO_HOST, ASAG_FORGE_HOST, ASAG_REFORGE_HOST "
+                                                      "and/or ASAG_CLASSIC_HOST to a built host")
+
+
+def xyz_tail(kind: str) -> list:
+    """The X/Y/Z script's arguments after the three axes (legend on, lone images on, the rest off/0): Neo adds
+    `row_count`; reForge adds individual labels, skip-grid and items-per-grid; Classic has Forge main's list."""
+    if kind == "reforge":  # legend, individual labels, skip grid, items per grid, lone images, sub grids, …
+        return [True, False, False, 0, True, False, False, False, False, False, 0, False]
+    return [True, True, False, False, False, False, False] + ([0, 0, False] if kind == "neo" else [0, False])
 
 
 class Server:
@@ -63,7 +79,7 @@ class Server:
         settings.update({"grid_save": False, "samples_save": False, "live_previews_enable": False,
                          "sd_model_checkpoint": SDXL["sd_model_checkpoint"]})
         (self.tmp / "config.json").write_text(json.dumps(settings))
-        script = "run_neo.sh" if kind == "neo" else "run_forge.sh"
+        script = LAUNCHER[kind]
         env = dict(os.environ, PORT=str(PORT), HARNESS_GGUF_INT_SHAPES="1")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
@@ -106,7 +122,9 @@ class Server:
         payload = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "steps": STEPS, "width": 64,
                    "height": 64, "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1,
                    "override_settings": dict(model or SDXL), "override_settings_restore_afterwards": True}
-        if self.kind == "forge" or kw.get("enable_hr"):
+        if self.kind in LDM_PATCHED:
+            payload["override_settings"].pop("forge_additional_modules", None)
+        elif self.kind == "forge" or kw.get("enable_hr"):
             payload["hr_additional_modules"] = ["Use same choices"]
         scripts = dict(kw.pop("alwayson_scripts", {}))
         if asag is not None:
@@ -185,6 +203,16 @@ def test_on_differs_carries_infotext_and_says_what_it_did(host):
     assert after.images == host.plain.images
 
 
+def test_cfg_one_is_guided(host):
+    """CFG 1: the hosts drop the uncond pass (reForge and Classic hand post-CFG functions `uncond=None`);
+    ASAG needs only the cond prediction and still guides every step."""
+    plain = host.txt2img(cfg_scale=1)
+    on = host.txt2img(ON, cfg_scale=1)
+    assert on.images != plain.images
+    assert "ASAG scale: 2" in on.infotexts[0] and "ASAG error" not in on.infotexts[0]
+    assert on.summary().startswith(f"ASAG: done: {STEPS} of {STEPS} steps guided, {STEPS} weak passes")
+
+
 @pytest.mark.parametrize("bad", [{"scale": "lots"}, {"layers": "nowhere.7"}, {"hires": "sometimes"}])
 def test_bad_values_give_asag_error_and_change_nothing(host, bad):
     job = host.txt2img({**ON, **bad})
@@ -227,8 +255,8 @@ def test_xyz_over_every_asag_axis(host, param):
     values = _axis_values(param)
     dropdown = xyz.make_choices(param) is not None
     text, listed = ("", values) if dropdown else (",".join(values), [])
-    tail = [True, True, False, False, False, False, False] + ([0, 0, False] if host.kind == "neo" else [0, False])
-    job = host.txt2img(ON, script_name="x/y/z plot", script_args=[index, text, listed, 0, "", [], 0, "", [], *tail])
+    job = host.txt2img(ON, script_name="x/y/z plot",
+                       script_args=[index, text, listed, 0, "", [], 0, "", [], *xyz_tail(host.kind)])
     assert len(job.images) == 3, job.asag_lines()
     cells = job.infotexts[1:]
     for value, cell in zip(values, cells, strict=True):
@@ -265,6 +293,8 @@ def test_reference_only_runs_no_extra_weak_pass(host):
 
 
 def test_gguf_sdxl_is_guided_without_traceback(host):
+    if host.kind in LDM_PATCHED:
+        pytest.skip(f"{host.kind} (ldm_patched) has no GGUF loader; the harness writes no GGUF file for it")
     plain = host.txt2img(model=GGUF)
     on = host.txt2img(ON, model=GGUF)
     assert on.images != plain.images

@@ -1,29 +1,46 @@
 """Triton engine for the ASAG Sinkhorn kernel (paper.md §4; the driver is `asag_lib.sinkhorn._sinkhorn_group`).
 
-One jit kernel serves every half-step. For a block of rows a of A (queries in a row step, keys in a column
-step) it streams over blocks of B and keeps an online base-2 log-sum-exp (the flash-attention recurrence):
+Base-2 logs throughout: S2 = c · Q Kᵀ with c = −scale · log2(e) (the adversarial cost), f2, g2 the row and
+column potentials, LSE2 the base-2 log-sum-exp. Two variants, selected by ``TritonEngine(fused=…)`` (default
+`FUSED`, True):
 
-    lse_a = LSE2_b(c · A_a·B_b + bias_b),    and optionally   out_a = Σ_b 2^(c·A_a·B_b + bias_b − lse_a) · V_b,
-
-with c = −scale · log2(e) (the adversarial cost, base-2 logs). Row step: A = q, B = k, bias = g2 (the column
-potential); column step: A = k, B = q, bias = f2 — the exact log-domain column step, so no column can
-underflow and no fallback is needed. The last row step also multiplies by V (and, for stats, by [k, g2]).
+* **fused** (default), k + 1 launches of the score kernel for k iterations. `fused_kernel`: each program owns
+  a block of BLOCK_M query rows of one head and sweeps the keys twice:
+    sweep 1  lse_i = LSE2_j(S2_ij + g2_j)              (online LSE, flash-attention recurrence);
+    sweep 2  part[r, j] = LSE2_{i in block r}(S2_ij − lse_i)  with the now-final lse of its own rows,
+  written to a per-row-block partial buffer (G, n_row_blocks, n_k), fp32 and log-domain (a partial LSE per
+  column, so nothing underflows however empty a column is). `col_reduce_kernel` then reduces that buffer over
+  the row blocks in a fixed order (one small launch; no atomics), giving C_j = LSE2_i(S2_ij − lse_i), i.e.
+  the exact column step g2_j = log2 b − log2 a − C_j with f2_i = log2 a − lse_i (the driver's ``log_cols``).
+  Per iteration: 2 · n_q · n_k score dot products, 2 · n_q · n_k exp2, 2 launches (fused + reduction);
+  each program loads its Q block once and streams K twice.
+* **2k+1** (``fused=False``), 2k + 1 launches: one streaming LSE kernel (`lse_kernel`) per half-step, a row
+  step (A = q, B = k, bias = g2) then an exact column step (A = k, B = q, bias = f2). Per iteration:
+  2 · n_q · n_k dot products, 2 · n_q · n_k exp2, 2 launches; the row kernel streams K once (per block of
+  rows), the column kernel streams Q once (per block of keys); O(N) extra memory.
+Both end with the same row pass with V (`lse_kernel` with HAS_V: out_i = Σ_j 2^(S2_ij + g2_j − lse_i) · V_j,
+and for stats V widened to [V, k, g2]); each costs n_q · n_k dot products and exp2 plus the P·V product.
+So the two do the same arithmetic and the same number of streaming sweeps; the fused one needs no column
+kernel (no pass with queries and keys swapped, whose streamed operand is Q), keeps the row potentials of a
+block in registers between its sweeps, and runs one score launch per iteration instead of two, at the price
+of the small reduction launch and the partial buffer: 4 · n_row_blocks · n_k bytes per head, O(N²/BLOCK_M) — 16 MiB per head at N = 16384 with
+BLOCK_M = 64. Heads are processed in chunks whose buffer stays within `PART_BYTES` (128 MiB). Which one
+is faster on a GPU is not known yet: `bench/gpu_bench.py` times both.
 
 Design choices, and why:
 * Q, K, V stay in the input dtype (fp16/bf16/fp32); the score GEMMs accumulate in fp32 (`tl.dot` with fp32
   output), fp32 inputs use IEEE fp32 products (no TF32, which would cost ~1e-3), the potentials, the running
-  max/sum and the output accumulator are fp32, exponentials are `exp2`. For half V the probabilities are
-  rounded to V's dtype for the P·V product (as flash attention does; its accumulation stays fp32).
-* Each program owns a block of rows and writes only those: no atomics, no cross-program reduction, so the
-  same inputs give the same bits. Extra memory is O(N) (the LSE and the potentials) plus the O(N·D) output.
-* Column sums fused into the row pass (the CPU engines' trick) would need each row's final LSE while its
-  scores are still at hand, i.e. a second sweep over the keys plus an O(N²/BLOCK) partial buffer; the exact
-  column kernel costs the same one sweep with O(N) memory. So k iterations are 2k + 1 sweeps over the
-  scores (row, column, …, final row with V), each a single streaming pass like one attention call.
+  max/sum, the partial LSEs and the output accumulator are fp32, exponentials are `exp2`. For half V the
+  probabilities are rounded to V's dtype for the P·V product (as flash attention does; its accumulation
+  stays fp32).
+* Deterministic: every program writes only its own rows (and its own row of the partial buffer); the column
+  reduction runs over the row blocks in a fixed order. No atomics, so the same inputs give the same bits.
 * bf16 under the interpreter: see `_interpreter_upcast` (an interpreter limitation, not a GPU one).
-* Language features: `tl.dot` (with `allow_tf32`), `tl.exp2`, `tl.log2`, `tl.max`, `tl.sum`, masked loads,
-  `tl.program_id`, a `range` loop: all present since Triton 2.1. Tested with Triton 3.9.0 under
-  ``TRITON_INTERPRET=1`` on CPU tensors only (no GPU here); `bench/gpu.sh` runs the same tests on CUDA.
+* Language features: `tl.dot` (with `allow_tf32`), `tl.exp2`, `tl.log2`, `tl.max`/`tl.sum` (along either
+  axis), `tl.maximum`, `tl.where`, masked loads and stores, `tl.program_id`, `range` loops with runtime
+  bounds: all present since Triton 2.1 (the fused variant added only `tl.where` and column-axis reductions).
+  Tested with Triton 3.9.0 under ``TRITON_INTERPRET=1`` on CPU tensors only (no GPU here); `bench/gpu.sh`
+  runs the same tests on CUDA.
 
 Triton is optional: nothing here imports it until a kernel is built (`available()` says whether it can be).
 Kernels are built on first use; the interpreter is chosen by Triton from ``TRITON_INTERPRET`` at that time.
@@ -37,9 +54,15 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["TritonEngine", "available", "interpreting"]
+__all__ = ["FUSED", "PART_BYTES", "TritonEngine", "available", "fused_pass", "interpreting", "lse_pass"]
 
-_KERNELS: dict[bool, object] = {}
+#: The variant `TritonEngine` uses when not told: True = fused row pass (k + 1 launches), False = 2k + 1.
+FUSED = True
+
+#: Bound on the fused variant's partial buffer (G, n_row_blocks, n_k) fp32 at once: heads go in chunks.
+PART_BYTES = 128 * 2**20
+
+_KERNELS: dict[bool, dict[str, object]] = {}
 
 
 def available() -> bool:
@@ -108,7 +131,73 @@ def _build():
             tl.store(OUT + g * s_og + rows[:, None] * s_on + dvs[None, :], acc / z[:, None],
                      mask=row_ok[:, None] & (dvs[None, :] < dv))
 
-    return lse_kernel
+    @triton.jit
+    def fused_kernel(
+        Q, K, BIAS, LSE, PART,
+        n_q, n_k, d, c,
+        s_qg, s_qn, s_kg, s_kn, s_biasg, s_lseg, s_pg, s_pr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        TF32: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < n_q
+        q = tl.load(Q + g * s_qg + rows[:, None] * s_qn + dims[None, :],
+                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks
+        m = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+        z = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for b0 in range(0, n_k, BLOCK_N):
+            cols = b0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < n_k
+            kt = tl.load(K + g * s_kg + cols[None, :] * s_kn + dims[:, None],
+                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
+            if UPCAST:
+                kt = kt.to(tl.float32)
+            bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
+            s = tl.dot(q, kt, allow_tf32=TF32) * c + bias[None, :]
+            m_new = tl.maximum(m, tl.max(s, 1))  # finite: every block has at least one valid column
+            z = z * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+            m = m_new
+        lse = m + tl.log2(z)
+        tl.store(LSE + g * s_lseg + rows, lse, mask=row_ok)
+        # sweep 2: with these final row potentials, the column LSE of the row-normalised plan over this
+        # block's rows, part_j = LSE2_i(S2_ij − lse_i); padded rows weigh 2^-inf = 0
+        neg = tl.where(row_ok, -lse, float("-inf"))
+        for b0 in range(0, n_k, BLOCK_N):
+            cols = b0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < n_k
+            kt = tl.load(K + g * s_kg + cols[None, :] * s_kn + dims[:, None],
+                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
+            if UPCAST:
+                kt = kt.to(tl.float32)
+            x = tl.dot(q, kt, allow_tf32=TF32) * c + neg[:, None]
+            mx = tl.max(x, 0)  # finite: every program has at least one valid row
+            part = mx + tl.log2(tl.sum(tl.exp2(x - mx[None, :]), 0))
+            tl.store(PART + g * s_pg + pid * s_pr + cols, part, mask=col_ok)
+
+    @triton.jit
+    def col_reduce_kernel(PART, OUT, n_rb, n_k, s_pg, s_pr, s_og, BLOCK: tl.constexpr):
+        # OUT_j = LSE2_r PART[r, j], row blocks in a fixed order (deterministic, no atomics)
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        ok = cols < n_k
+        base = PART + g * s_pg + cols
+        m = tl.load(base, mask=ok, other=0.0)  # row block 0 always exists
+        z = tl.zeros([BLOCK], dtype=tl.float32) + 1.0
+        for r in range(1, n_rb):
+            x = tl.load(base + r * s_pr, mask=ok, other=0.0)
+            m_new = tl.maximum(m, x)
+            z = z * tl.exp2(m - m_new) + tl.exp2(x - m_new)
+            m = m_new
+        tl.store(OUT + g * s_og + cols, m + tl.log2(z), mask=ok)
+
+    return {"lse": lse_kernel, "fused": fused_kernel, "reduce": col_reduce_kernel}
 
 
 def _interpreter_upcast(dtype: torch.dtype) -> bool:
@@ -118,11 +207,16 @@ def _interpreter_upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
-def _kernel():
+def _kernel(name: str = "lse"):
     key = interpreting()
     if key not in _KERNELS:
         _KERNELS[key] = _build()
-    return _KERNELS[key]
+    return _KERNELS[key][name]
+
+
+def _check_device(a: Tensor) -> None:
+    if a.device.type != "cuda" and not interpreting():
+        raise RuntimeError("the Triton path needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors")
 
 
 def _blocks(block_d: int, block_dv: int) -> tuple[int, int]:
@@ -140,8 +234,7 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
 
     a: (G, n_a, d), b: (G, n_b, d) in one dtype; bias: (G, n_b) fp32; v: (G, n_b, d_v) or None.
     """
-    if a.device.type != "cuda" and not interpreting():
-        raise RuntimeError("the Triton path needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors")
+    _check_device(a)
     a, b, bias = a.contiguous(), b.contiguous(), bias.contiguous().float()
     G, n_a, d = a.shape
     n_b = b.shape[1]
@@ -167,21 +260,71 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
     return lse, (out if v is not lse else None)
 
 
+#: Keys per program of the column reduction.
+_REDUCE_BLOCK = 128
+
+
+def fused_pass(q: Tensor, k: Tensor, bias: Tensor, c: float, block_m: int | None = None,
+               block_n: int | None = None, part_bytes: int | None = None) -> tuple[Tensor, Tensor]:
+    """The fused row pass: (lse (G, n_q), col (G, n_k)) fp32, base 2, with S2 = c · q·kᵀ:
+
+        lse_i = LSE2_j(S2_ij + bias_j),   col_j = LSE2_i(S2_ij − lse_i).
+
+    q: (G, n_q, d), k: (G, n_k, d) in one dtype; bias: (G, n_k) fp32. Heads go in chunks whose partial
+    buffer (heads, ceil(n_q / block_m), n_k) fp32 stays within `part_bytes` (default `PART_BYTES`).
+    """
+    _check_device(q)
+    q, k, bias = q.contiguous(), k.contiguous(), bias.contiguous().float()
+    G, n_q, d = q.shape
+    n_k = k.shape[1]
+    block_d = _next_pow2(d)
+    dm, dn = _blocks(block_d, 1)
+    block_m, block_n = block_m or dm, block_n or dn
+    n_rb = -(-n_q // block_m)
+    lse = torch.empty(G, n_q, dtype=torch.float32, device=q.device)
+    col = torch.empty(G, n_k, dtype=torch.float32, device=q.device)
+    chunk = max(1, min(G, (PART_BYTES if part_bytes is None else part_bytes) // (n_rb * n_k * 4)))
+    part = torch.empty(chunk, n_rb, n_k, dtype=torch.float32, device=q.device)
+    fused, reduce = _kernel("fused"), _kernel("reduce")
+    upcast = _interpreter_upcast(q.dtype)
+    for h0 in range(0, G, chunk):
+        h1 = min(G, h0 + chunk)
+        qc, kc, bc, lc, cc = q[h0:h1], k[h0:h1], bias[h0:h1], lse[h0:h1], col[h0:h1]
+        fused[(n_rb, h1 - h0)](
+            qc, kc, bc, lc, part,
+            n_q, n_k, d, float(c),
+            qc.stride(0), qc.stride(1), kc.stride(0), kc.stride(1), bc.stride(0), lc.stride(0),
+            part.stride(0), part.stride(1),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, TF32=False, UPCAST=upcast,
+        )
+        reduce[(-(-n_k // _REDUCE_BLOCK), h1 - h0)](
+            part, cc, n_rb, n_k, part.stride(0), part.stride(1), cc.stride(0), BLOCK=_REDUCE_BLOCK,
+        )
+    return lse, col
+
+
 class TritonEngine:
-    """The engine interface of `asag_lib.sinkhorn` (row_pass / col_pass) on the Triton kernel.
+    """The engine interface of `asag_lib.sinkhorn` (row_pass / col_pass) on the Triton kernels.
 
     q, k: (G, n, d) in the input dtype, unscaled; c = −scale · log2(e) is applied to the fp32 scores.
+    fused (default `FUSED`): row passes that are not the last also return the column LSE (`fused_pass`),
+    in log domain (``log_cols``: col_j = LSE2_i(S2_ij − lse_i)); False: the 2k + 1 variant.
     """
 
-    fused_cols = False
+    log_cols = True
 
-    def __init__(self, q: Tensor, k: Tensor, c: float, block_a: int | None = None, block_b: int | None = None):
+    def __init__(self, q: Tensor, k: Tensor, c: float, block_a: int | None = None, block_b: int | None = None,
+                 fused: bool | None = None):
         self.q, self.k, self.c = q.contiguous(), k.contiguous(), c
         self.blocks = (block_a, block_b)
+        self.fused_cols = FUSED if fused is None else bool(fused)
 
     def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
         q = self.q if sel is None else self.q[sel]
         k = self.k if sel is None else self.k[sel]
+        if want_col and vx is None and self.fused_cols:
+            lse, col = fused_pass(q, k, g2, self.c, *self.blocks)
+            return lse, col, None
         lse, out = lse_pass(q, k, g2, self.c, vx, *self.blocks)
         return lse, None, out
 

@@ -1,7 +1,7 @@
 """The CUDA capability probe and its fallbacks, exercised on the CPU (issue 12: "never a crash").
 
 No GPU and no triton needed: the probe runs on "cpu" (added to the probed device types), the Triton
-kernel is replaced by a small torch stand-in (or by one that raises / disagrees), and the efficient-attention
+kernels are replaced by small torch stand-ins (or by one that raises / disagrees), and the efficient-attention
 engine runs on torch's CPU flash op (same engine code, other op). Expectations come from the float64
 reference of tests/test_sinkhorn.py.
 """
@@ -29,6 +29,14 @@ def torch_lse_pass(a, b, bias, c, v=None, block_a=64, block_b=64):
     return torch.logsumexp(s, -1) / LN2, (None if v is None else torch.softmax(s, -1) @ v.float())
 
 
+def torch_fused_pass(q, k, bias, c, *rest, **kw):
+    """What the fused Triton row pass computes: the row LSE with the bias, the column LSE of the row-normalised
+    plan (base 2)."""
+    s = c * (q.float() @ k.float().transpose(1, 2))
+    lse = torch.logsumexp((s + bias.float()[:, None, :]) * LN2, -1) / LN2
+    return lse, torch.logsumexp((s - lse[:, :, None]) * LN2, 1) / LN2
+
+
 @pytest.fixture
 def probe_on_cpu(monkeypatch):
     """The probe runs for CPU tensors, 'triton' is the torch stand-in, 'cuda' uses the CPU flash op."""
@@ -36,6 +44,7 @@ def probe_on_cpu(monkeypatch):
     monkeypatch.setattr(sk, "_PROBED_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(sinkhorn_triton, "available", lambda: True)
     monkeypatch.setattr(sinkhorn_triton, "lse_pass", torch_lse_pass)
+    monkeypatch.setattr(sinkhorn_triton, "fused_pass", torch_fused_pass)
     monkeypatch.setattr(sk, "_efficient_cuda_op", sk._flash_cpu_op)
     monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: {"triton": 1.0, "cuda": 2.0,
                                                                                  "chunked": 3.0}[path])

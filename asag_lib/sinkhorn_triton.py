@@ -25,7 +25,9 @@ kernel (no pass with queries and keys swapped, whose streamed operand is Q), kee
 block in registers between its sweeps, and runs one score launch per iteration instead of two, at the price
 of the small reduction launch and the partial buffer: 4 · n_row_blocks · n_k bytes per head, O(N²/BLOCK_M) — 16 MiB per head at N = 16384 with
 BLOCK_M = 64. Heads are processed in chunks whose buffer stays within `PART_BYTES` (128 MiB). Which one
-is faster on a GPU is not known yet: `bench/gpu_bench.py` times both.
+is faster on a GPU is not known yet: `bench/gpu_bench.py` times both, and the capability probe
+(`asag_lib.kernel_probe`) runs both once per device and input dtype and keeps the accurate one, the faster
+if both are (`CHOSEN`), so a fused kernel that fails to compile or disagrees costs only its speed.
 
 Design choices, and why:
 * Q, K, V stay in the input dtype (fp16/bf16/fp32); the score GEMMs accumulate in fp32 (`tl.dot` with fp32
@@ -54,10 +56,15 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED", "PART_BYTES", "TritonEngine", "available", "fused_pass", "interpreting", "lse_pass"]
+__all__ = ["CHOSEN", "FUSED", "PART_BYTES", "FusedKernelError", "TritonEngine", "available", "device_key", "fused_pass",
+           "interpreting", "lse_pass"]
 
 #: The variant `TritonEngine` uses when not told: True = fused row pass (k + 1 launches), False = 2k + 1.
 FUSED = True
+
+#: The variant per ("cuda:0", input dtype) that the capability probe chose (`asag_lib.kernel_probe`: the
+#: accurate one, the faster if both are); keys not in it use `FUSED`.
+CHOSEN: dict[tuple[str, torch.dtype], bool] = {}
 
 #: Bound on the fused variant's partial buffer (G, n_row_blocks, n_k) fp32 at once: heads go in chunks.
 PART_BYTES = 128 * 2**20
@@ -68,6 +75,12 @@ _KERNELS: dict[bool, dict[str, object]] = {}
 def available() -> bool:
     """Whether the triton package can be imported (no import is done here)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def device_key(device: torch.device) -> str:
+    """The device part of a `CHOSEN` key: "cuda:0" (index 0 when none is given)."""
+    device = torch.device(device)
+    return f"{device.type}:{device.index if device.index is not None else 0}"
 
 
 def interpreting() -> bool:
@@ -303,12 +316,17 @@ def fused_pass(q: Tensor, k: Tensor, bias: Tensor, c: float, block_m: int | None
     return lse, col
 
 
+class FusedKernelError(RuntimeError):
+    """The fused row pass failed (compile error, resources): the 2k + 1 variant may still work."""
+
+
 class TritonEngine:
     """The engine interface of `asag_lib.sinkhorn` (row_pass / col_pass) on the Triton kernels.
 
     q, k: (G, n, d) in the input dtype, unscaled; c = −scale · log2(e) is applied to the fp32 scores.
-    fused (default `FUSED`): row passes that are not the last also return the column LSE (`fused_pass`),
-    in log domain (``log_cols``: col_j = LSE2_i(S2_ij − lse_i)); False: the 2k + 1 variant.
+    fused (default: the probe's choice for this device and input dtype, `CHOSEN`, else `FUSED`): row passes
+    that are not the last also return the column LSE (`fused_pass`), in log domain (``log_cols``:
+    col_j = LSE2_i(S2_ij − lse_i)); False: the 2k + 1 variant.
     """
 
     log_cols = True
@@ -317,13 +335,20 @@ class TritonEngine:
                  fused: bool | None = None):
         self.q, self.k, self.c = q.contiguous(), k.contiguous(), c
         self.blocks = (block_a, block_b)
-        self.fused_cols = FUSED if fused is None else bool(fused)
+        if fused is None:
+            fused = CHOSEN.get((device_key(q.device), q.dtype), FUSED)
+        self.fused_cols = bool(fused)
 
     def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
         q = self.q if sel is None else self.q[sel]
         k = self.k if sel is None else self.k[sel]
         if want_col and vx is None and self.fused_cols:
-            lse, col = fused_pass(q, k, g2, self.c, *self.blocks)
+            try:
+                lse, col = fused_pass(q, k, g2, self.c, *self.blocks)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not this kernel's fault (the driver's policy: out of memory is re-raised)
+            except Exception as exc:  # tells the probe's `reject` that the 2k + 1 variant may still work
+                raise FusedKernelError(f"{type(exc).__name__}: {exc}") from exc
             return lse, col, None
         lse, out = lse_pass(q, k, g2, self.c, vx, *self.blocks)
         return lse, None, out

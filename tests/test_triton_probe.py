@@ -139,3 +139,69 @@ def test_other_devices_never_probe(monkeypatch):
     for device in ("mps", "xpu", "cpu"):
         assert sk._choose_path(torch.device(device), torch.float32, 64, 64, 2**28) in ("cached", "chunked")
     assert sk._choose_path(torch.device("mps"), torch.float32, 64, 64, 2**28) == "chunked"
+
+
+# --------------------------------------------------------------------------------------------------------
+# the two Triton variants (fused row pass, 2k + 1): the probe keeps the accurate one, the faster if both are
+
+
+def variant_calls(monkeypatch, fused_impl=torch_fused_pass):
+    """Records which kernels run: "F" fused row pass, "L" an LSE pass."""
+    calls = []
+    monkeypatch.setattr(sinkhorn_triton, "fused_pass", lambda *a, **kw: calls.append("F") or fused_impl(*a, **kw))
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", lambda *a, **kw: calls.append("L") or torch_lse_pass(*a, **kw))
+    return calls
+
+
+def test_fused_variant_that_fails_leaves_triton_on_its_2k1_variant(probe_on_cpu, capsys, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("triton.CompilationError: tl.where\ndetail")
+
+    calls = variant_calls(monkeypatch, broken)
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    (line,) = lines(capsys)
+    assert "triton 2k+1 variant (fused failed: FusedKernelError: RuntimeError: triton.CompilationError: tl.where)" in line
+    assert {("cpu:0", torch.float32): False} == sinkhorn_triton.CHOSEN
+    q, k, v = make(1, 2, 30, 26, 64, sharp=2.0)
+    calls.clear()
+    out = sk.sinkhorn_attention(q, k, v, iterations=2, tol=0.0)
+    assert calls == ["L"] * 5 and rel_err(out, reference(q, k, v, iterations=2, tol=0.0)[0]) <= 1e-5
+
+
+def test_faster_triton_variant_is_kept(probe_on_cpu, capsys, monkeypatch):
+    calls = variant_calls(monkeypatch)
+    monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: (
+        {"cuda": 2.0, "chunked": 3.0}[path] if path != "triton" else
+        (1.5 if sinkhorn_triton.CHOSEN[("cpu:0", dtype)] else 1.0)))
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    (line,) = lines(capsys)
+    assert "triton variants timed 2k+1 1000.0 ms, fused 1500.0 ms" in line
+    assert {("cpu:0", torch.float32): False} == sinkhorn_triton.CHOSEN
+    kernel_probe.forget()
+    monkeypatch.setattr(kernel_probe, "_time_path", lambda path, device, dtype: 1.0)  # a tie keeps fused
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    assert {("cpu:0", torch.float32): True} == sinkhorn_triton.CHOSEN
+    q, k, v = make(1, 2, 30, 26, 64, sharp=2.0)
+    calls.clear()
+    out = sk.sinkhorn_attention(q, k, v, iterations=2, tol=0.0)
+    assert calls == ["F", "F", "L"] and rel_err(out, reference(q, k, v, iterations=2, tol=0.0)[0]) <= 1e-5
+
+
+def test_later_failure_of_the_fused_kernel_switches_to_2k1_not_away_from_triton(probe_on_cpu, capsys,
+                                                                                 monkeypatch):
+    def picky(q, *rest, **kw):
+        if q.shape[-1] == 160:
+            raise RuntimeError("out of shared memory")
+        return torch_fused_pass(q, *rest, **kw)
+
+    calls = variant_calls(monkeypatch, picky)
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    q, k, v = make(1, 2, 20, 24, 160, sharp=2.0, seed=1)  # the probe never tried d = 160
+    calls.clear()
+    out = sk.sinkhorn_attention(q, k, v, iterations=3, tol=0.0)
+    assert rel_err(out, reference(q, k, v, iterations=3, tol=0.0)[0]) <= 1e-5
+    assert calls == ["F"] + ["L"] * 7  # the fused attempt, then the whole call again on the 2k+1 variant
+    assert kernel_probe.choose(CPU, torch.float32) == "triton"
+    out_lines = lines(capsys)
+    assert len(out_lines) == 2 and "the fused Triton kernel failed (RuntimeError: out of shared memory); " \
+        "using its 2k+1 variant from now on" in out_lines[1]

@@ -94,7 +94,10 @@ def _next_pow2(n: int, floor: int = 16) -> int:
 
 
 def _build():
-    """Defines the jit kernel (imports triton). Separate so that the module imports without triton."""
+    """Defines the jit kernels (imports triton). Separate so that the module imports without triton."""
+    # Triton 2.1's code generator looks the names a kernel uses up in its module's globals only (not in
+    # this function's locals): `tl` must be a module global when the kernels compile
+    global tl
     import triton
     import triton.language as tl
 
@@ -106,6 +109,44 @@ def _build():
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_V: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
+        # LSE only (V, OUT, dv and their strides are unused: one signature with out_kernel)
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < n_a
+        a = tl.load(A + g * s_ag + rows[:, None] * s_an + dims[None, :],
+                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+        # running row max (base 2) and Σ 2^(s − m) as [BLOCK_A, 1] columns: with 1-D row vectors here (and
+        # no second dot) Triton 2.1's layout pass fails ("cmpf requires the same encoding for all operands")
+        m = tl.zeros([BLOCK_A, 1], dtype=tl.float32) - float("inf")
+        z = tl.zeros([BLOCK_A, 1], dtype=tl.float32)
+        for b0 in range(0, n_b, BLOCK_B):
+            cols = b0 + tl.arange(0, BLOCK_B)
+            col_ok = cols < n_b
+            bt = tl.load(B + g * s_bg + cols[None, :] * s_bn + dims[:, None],
+                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
+            if UPCAST:
+                bt = bt.to(tl.float32)
+            bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
+            s = tl.dot(a, bt, allow_tf32=TF32) * c + bias[None, :]
+            m_new = tl.maximum(m, tl.max(s, 1)[:, None])  # finite: every block has a valid column
+            z = z * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new), 1)[:, None]
+            m = m_new
+        tl.store(LSE + g * s_lseg + rows[:, None], m + tl.math.log2(z), mask=row_ok[:, None])
+
+    @triton.jit
+    def out_kernel(
+        A, B, BIAS, LSE, V, OUT,
+        n_a, n_b, d, dv, c,
+        s_ag, s_an, s_bg, s_bn, s_biasg, s_lseg, s_vg, s_vn, s_og, s_on,
+        BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_V: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        # LSE and softmax · V (flash-attention recurrence); 1-D row vectors, which Triton 2.1 compiles here
+        # (and the [BLOCK_A, 1] form of lse_kernel it does not)
         pid = tl.program_id(0)
         g = tl.program_id(1)
         rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -129,20 +170,18 @@ def _build():
             bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
             s = tl.dot(a, bt, allow_tf32=TF32) * c + bias[None, :]
             m_new = tl.maximum(m, tl.max(s, 1))  # finite: every block has at least one valid column
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
             z = z * alpha + tl.sum(p, 1)
-            if HAS_V:
-                vb = tl.load(V + g * s_vg + cols[:, None] * s_vn + dvs[None, :],
-                             mask=col_ok[:, None] & (dvs[None, :] < dv), other=0.0)
-                if UPCAST:
-                    vb = vb.to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, allow_tf32=TF32)
+            vb = tl.load(V + g * s_vg + cols[:, None] * s_vn + dvs[None, :],
+                         mask=col_ok[:, None] & (dvs[None, :] < dv), other=0.0)
+            if UPCAST:
+                vb = vb.to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, allow_tf32=TF32)
             m = m_new
-        tl.store(LSE + g * s_lseg + rows, m + tl.log2(z), mask=row_ok)
-        if HAS_V:
-            tl.store(OUT + g * s_og + rows[:, None] * s_on + dvs[None, :], acc / z[:, None],
-                     mask=row_ok[:, None] & (dvs[None, :] < dv))
+        tl.store(LSE + g * s_lseg + rows, m + tl.math.log2(z), mask=row_ok)
+        tl.store(OUT + g * s_og + rows[:, None] * s_on + dvs[None, :], acc / z[:, None],
+                 mask=row_ok[:, None] & (dvs[None, :] < dv))
 
     @triton.jit
     def fused_kernel(
@@ -161,9 +200,9 @@ def _build():
                     mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks
-        m = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
-        z = tl.zeros([BLOCK_M], dtype=tl.float32)
+        # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks ([BLOCK_M, 1]: see lse_kernel)
+        m = tl.zeros([BLOCK_M, 1], dtype=tl.float32) - float("inf")
+        z = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
         for b0 in range(0, n_k, BLOCK_N):
             cols = b0 + tl.arange(0, BLOCK_N)
             col_ok = cols < n_k
@@ -173,14 +212,14 @@ def _build():
                 kt = kt.to(tl.float32)
             bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
             s = tl.dot(q, kt, allow_tf32=TF32) * c + bias[None, :]
-            m_new = tl.maximum(m, tl.max(s, 1))  # finite: every block has at least one valid column
-            z = z * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
+            m_new = tl.maximum(m, tl.max(s, 1)[:, None])  # finite: every block has a valid column
+            z = z * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new), 1)[:, None]
             m = m_new
-        lse = m + tl.log2(z)
-        tl.store(LSE + g * s_lseg + rows, lse, mask=row_ok)
+        lse = m + tl.math.log2(z)
+        tl.store(LSE + g * s_lseg + rows[:, None], lse, mask=row_ok[:, None])
         # sweep 2: with these final row potentials, the column LSE of the row-normalised plan over this
         # block's rows, part_j = LSE2_i(S2_ij − lse_i); padded rows weigh 2^-inf = 0
-        neg = tl.where(row_ok, -lse, float("-inf"))
+        neg = tl.where(row_ok[:, None], -lse, float("-inf"))
         for b0 in range(0, n_k, BLOCK_N):
             cols = b0 + tl.arange(0, BLOCK_N)
             col_ok = cols < n_k
@@ -188,9 +227,9 @@ def _build():
                          mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
             if UPCAST:
                 kt = kt.to(tl.float32)
-            x = tl.dot(q, kt, allow_tf32=TF32) * c + neg[:, None]
+            x = tl.dot(q, kt, allow_tf32=TF32) * c + neg
             mx = tl.max(x, 0)  # finite: every program has at least one valid row
-            part = mx + tl.log2(tl.sum(tl.exp2(x - mx[None, :]), 0))
+            part = mx + tl.math.log2(tl.sum(tl.math.exp2(x - mx[None, :]), 0))
             tl.store(PART + g * s_pg + pid * s_pr + cols, part, mask=col_ok)
 
     @triton.jit
@@ -206,11 +245,11 @@ def _build():
         for r in range(1, n_rb):
             x = tl.load(base + r * s_pr, mask=ok, other=0.0)
             m_new = tl.maximum(m, x)
-            z = z * tl.exp2(m - m_new) + tl.exp2(x - m_new)
+            z = z * tl.math.exp2(m - m_new) + tl.math.exp2(x - m_new)
             m = m_new
-        tl.store(OUT + g * s_og + cols, m + tl.log2(z), mask=ok)
+        tl.store(OUT + g * s_og + cols, m + tl.math.log2(z), mask=ok)
 
-    return {"lse": lse_kernel, "fused": fused_kernel, "reduce": col_reduce_kernel}
+    return {"lse": lse_kernel, "out": out_kernel, "fused": fused_kernel, "reduce": col_reduce_kernel}
 
 
 def _interpreter_upcast(dtype: torch.dtype) -> bool:
@@ -262,7 +301,7 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
     da, db = _blocks(block_d, block_dv)
     block_a, block_b = block_a or da, block_b or db
     grid = (-(-n_a // block_a), G)
-    _kernel()[grid](
+    _kernel("lse" if v is lse else "out")[grid](
         a, b, bias, lse, v, out,
         n_a, n_b, d, dv, float(c),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0),

@@ -271,13 +271,45 @@ def _check_device(a: Tensor) -> None:
         raise RuntimeError("the Triton path needs a CUDA device, or TRITON_INTERPRET=1 for CPU tensors")
 
 
-def _blocks(block_d: int, block_dv: int) -> tuple[int, int]:
-    """Smaller tiles for wide heads (d = 160 pads to 256; stats widen V to d_v + d + 1) so that the
-    tiles and the fp32 accumulator fit a GPU's registers and shared memory."""
-    wide = max(block_d, block_dv)
-    if wide <= 128:
-        return 64, 64
-    return (32, 32) if wide <= 256 else (16, 32)
+#: Bytes of the streamed tiles (keys, and V) per pipeline stage that the launch configuration aims under.
+_STAGE_BYTES = 32 * 2**10
+
+
+def _config(block_d: int, block_dv: int, es_b: int, es_v: int) -> tuple[int, int, int | None]:
+    """(rows per program, keys per block, pipeline stages or None for Triton's default) for a kernel that
+    streams key tiles of BLOCK_D × es_b bytes per key (and V tiles of BLOCK_DV × es_v): smaller tiles for
+    wide heads (d = 160 pads to 256; stats widen V to d_v + d + 1 in fp32) and fp32 inputs, and two stages
+    where three would not fit, so that the tiles stay within a GPU's registers and shared memory (checked
+    by compiling with Triton 2.1 for sm_80: README). A launch that still runs out of resources on some GPU
+    is retried smaller (`_shrinking`)."""
+    block_a = block_b = 64 if max(block_d, block_dv) <= 128 else 32
+    per_key = block_d * es_b + block_dv * es_v
+    while block_b > 16 and block_b * per_key > _STAGE_BYTES:
+        block_b //= 2
+    if block_dv * es_v >= 1024:  # a wide fp32 accumulator: fewer rows per program
+        block_a = 16
+    stages = None if 3 * block_b * per_key <= 2 * _STAGE_BYTES else 2
+    return block_a, block_b, stages
+
+
+def _out_of_resources(exc: BaseException) -> bool:
+    """Triton's OutOfResources (shared memory or registers of this GPU), whatever module it lives in."""
+    return type(exc).__name__ == "OutOfResources" or "out of resource" in str(exc).lower()
+
+
+def _shrinking(launch, block_a: int, block_b: int, stages: int | None):
+    """launch(block_a, block_b, stages); on out-of-resources, again with halved blocks and one stage."""
+    while True:
+        try:
+            return launch(block_a, block_b, stages)
+        except Exception as exc:
+            if not _out_of_resources(exc) or (block_a, block_b, stages) == (16, 16, 1):
+                raise
+            block_a, block_b, stages = max(16, block_a // 2), max(16, block_b // 2), 1
+
+
+def _stages(stages: int | None) -> dict:
+    return {} if stages is None else {"num_stages": stages}
 
 
 def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = None,
@@ -297,19 +329,23 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
         out = torch.empty(G, n_a, dv, dtype=torch.float32, device=a.device)
     else:  # the kernel still takes pointers; these are never read or written
         dv, v, out = 1, lse, lse
-    block_d, block_dv = _next_pow2(d), _next_pow2(dv)
-    da, db = _blocks(block_d, block_dv)
-    block_a, block_b = block_a or da, block_b or db
-    grid = (-(-n_a // block_a), G)
-    _kernel("lse" if v is lse else "out")[grid](
-        a, b, bias, lse, v, out,
-        n_a, n_b, d, dv, float(c),
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0),
-        v.stride(0), v.stride(1) if v.dim() > 2 else 0, out.stride(0), out.stride(1) if out.dim() > 2 else 0,
-        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        HAS_V=v is not lse, TF32=False, UPCAST=_interpreter_upcast(a.dtype),
-    )
-    return lse, (out if v is not lse else None)
+    has_v = v is not lse
+    block_d, block_dv = _next_pow2(d), (_next_pow2(dv) if has_v else 16)
+    da, db, stages = _config(block_d, block_dv, b.element_size(), v.element_size() if has_v else 0)
+    kernel = _kernel("out" if has_v else "lse")
+
+    def launch(block_a, block_b, stages):
+        kernel[(-(-n_a // block_a), G)](
+            a, b, bias, lse, v, out,
+            n_a, n_b, d, dv, float(c),
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0),
+            v.stride(0), v.stride(1) if v.dim() > 2 else 0, out.stride(0), out.stride(1) if out.dim() > 2 else 0,
+            BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_DV=block_dv,
+            HAS_V=has_v, TF32=False, UPCAST=_interpreter_upcast(a.dtype), **_stages(stages),
+        )
+
+    _shrinking(launch, block_a or da, block_b or db, stages)
+    return lse, (out if has_v else None)
 
 
 #: Keys per program of the column reduction.
@@ -330,28 +366,32 @@ def fused_pass(q: Tensor, k: Tensor, bias: Tensor, c: float, block_m: int | None
     G, n_q, d = q.shape
     n_k = k.shape[1]
     block_d = _next_pow2(d)
-    dm, dn = _blocks(block_d, 1)
-    block_m, block_n = block_m or dm, block_n or dn
-    n_rb = -(-n_q // block_m)
+    dm, dn, stages = _config(block_d, 16, k.element_size(), 0)
     lse = torch.empty(G, n_q, dtype=torch.float32, device=q.device)
     col = torch.empty(G, n_k, dtype=torch.float32, device=q.device)
-    chunk = max(1, min(G, (PART_BYTES if part_bytes is None else part_bytes) // (n_rb * n_k * 4)))
-    part = torch.empty(chunk, n_rb, n_k, dtype=torch.float32, device=q.device)
     fused, reduce = _kernel("fused"), _kernel("reduce")
     upcast = _interpreter_upcast(q.dtype)
-    for h0 in range(0, G, chunk):
-        h1 = min(G, h0 + chunk)
-        qc, kc, bc, lc, cc = q[h0:h1], k[h0:h1], bias[h0:h1], lse[h0:h1], col[h0:h1]
-        fused[(n_rb, h1 - h0)](
-            qc, kc, bc, lc, part,
-            n_q, n_k, d, float(c),
-            qc.stride(0), qc.stride(1), kc.stride(0), kc.stride(1), bc.stride(0), lc.stride(0),
-            part.stride(0), part.stride(1),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, TF32=False, UPCAST=upcast,
-        )
-        reduce[(-(-n_k // _REDUCE_BLOCK), h1 - h0)](
-            part, cc, n_rb, n_k, part.stride(0), part.stride(1), cc.stride(0), BLOCK=_REDUCE_BLOCK,
-        )
+    budget = PART_BYTES if part_bytes is None else part_bytes
+
+    def launch(block_m, block_n, stages):
+        n_rb = -(-n_q // block_m)
+        chunk = max(1, min(G, budget // (n_rb * n_k * 4)))
+        part = torch.empty(chunk, n_rb, n_k, dtype=torch.float32, device=q.device)
+        for h0 in range(0, G, chunk):
+            h1 = min(G, h0 + chunk)
+            qc, kc, bc, lc, cc = q[h0:h1], k[h0:h1], bias[h0:h1], lse[h0:h1], col[h0:h1]
+            fused[(n_rb, h1 - h0)](
+                qc, kc, bc, lc, part,
+                n_q, n_k, d, float(c),
+                qc.stride(0), qc.stride(1), kc.stride(0), kc.stride(1), bc.stride(0), lc.stride(0),
+                part.stride(0), part.stride(1),
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, TF32=False, UPCAST=upcast, **_stages(stages),
+            )
+            reduce[(-(-n_k // _REDUCE_BLOCK), h1 - h0)](
+                part, cc, n_rb, n_k, part.stride(0), part.stride(1), cc.stride(0), BLOCK=_REDUCE_BLOCK,
+            )
+
+    _shrinking(launch, block_m or dm, block_n or dn, stages)
     return lse, col
 
 

@@ -206,3 +206,33 @@ def test_launches_per_variant(monkeypatch):
         out = triton(q, k, v, iterations=3, tol=0.0)
         assert calls == expected
         assert rel_err(cpu(out), ref) <= 1e-5
+
+
+def test_launch_that_runs_out_of_resources_is_retried_smaller(monkeypatch):
+    """A GPU whose shared memory or registers a configuration exceeds: the launch is retried with halved
+    blocks and one pipeline stage (here every launch with blocks over 16 "runs out")."""
+
+    class OutOfResources(Exception):
+        pass
+
+    real = tri._kernel
+    tried = []
+
+    class Picky:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                blocks = [meta[key] for key in ("BLOCK_A", "BLOCK_B", "BLOCK_M", "BLOCK_N") if key in meta]
+                tried.append((tuple(blocks), meta.get("num_stages")))
+                if max(blocks, default=16) > 16:
+                    raise OutOfResources("out of resource: shared memory, Required: 99000, Hardware limit: 65536")
+                return self.kernel[grid](*args, **meta)
+            return launch
+
+    monkeypatch.setattr(tri, "_kernel", lambda name="lse": Picky(real(name)) if name != "reduce" else real(name))
+    q, k, v = make(1, 1, 40, 37, 64, sharp=2.0, seed=44)
+    out = triton(q, k, v, iterations=2, tol=0.0)
+    assert rel_err(cpu(out), reference(q, k, v, iterations=2, tol=0.0)[0]) <= 1e-5
+    assert ((64, 64), None) in tried and ((16, 16), 1) in tried

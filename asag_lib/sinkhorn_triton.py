@@ -18,13 +18,15 @@ column potentials, LSE2 the base-2 log-sum-exp. Two variants, selected by ``Trit
   step (A = q, B = k, bias = g2) then an exact column step (A = k, B = q, bias = f2). Per iteration:
   2 · n_q · n_k dot products, 2 · n_q · n_k exp2, 2 launches; the row kernel streams K once (per block of
   rows), the column kernel streams Q once (per block of keys); O(N) extra memory.
-Both end with the same row pass with V (`lse_kernel` with HAS_V: out_i = Σ_j 2^(S2_ij + g2_j − lse_i) · V_j,
-and for stats V widened to [V, k, g2]); each costs n_q · n_k dot products and exp2 plus the P·V product.
+Both end with the same row pass with V (`out_kernel`: out_i = Σ_j 2^(S2_ij + g2_j − lse_i) · V_j, and for
+stats V widened to [V, k, g2]), which costs n_q · n_k dot products and exp2 plus the P·V product.
 So the two do the same arithmetic and the same number of streaming sweeps; the fused one needs no column
 kernel (no pass with queries and keys swapped, whose streamed operand is Q), keeps the row potentials of a
 block in registers between its sweeps, and runs one score launch per iteration instead of two, at the price
-of the small reduction launch and the partial buffer: 4 · n_row_blocks · n_k bytes per head, O(N²/BLOCK_M) — 16 MiB per head at N = 16384 with
-BLOCK_M = 64. Heads are processed in chunks whose buffer stays within `PART_BYTES` (128 MiB). Which one
+of the small reduction launch and the partial buffer: 4 · n_row_blocks · n_k bytes per head,
+O(N²/BLOCK_M) — 16 MiB per head at N = 16384 with BLOCK_M = 64 (d ≤ 128; 32 MiB with BLOCK_M = 32 for
+d = 160). Heads go in chunks whose buffer stays within `PART_BYTES` (128 MiB), so B1 H10 N16384 D64 holds
+128 MiB (8 heads, then 2), far under 1 GB; the 2k+1 variant needs O(N) (the LSE vectors). Which one
 is faster on a GPU is not known yet: `bench/gpu_bench.py` times both, and the capability probe
 (`asag_lib.kernel_probe`) runs both once per device and input dtype and keeps the accurate one, the faster
 if both are (`CHOSEN`), so a fused kernel that fails to compile or disagrees costs only its speed.
@@ -38,11 +40,23 @@ Design choices, and why:
 * Deterministic: every program writes only its own rows (and its own row of the partial buffer); the column
   reduction runs over the row blocks in a fixed order. No atomics, so the same inputs give the same bits.
 * bf16 under the interpreter: see `_interpreter_upcast` (an interpreter limitation, not a GPU one).
-* Language features: `tl.dot` (with `allow_tf32`), `tl.exp2`, `tl.log2`, `tl.max`/`tl.sum` (along either
-  axis), `tl.maximum`, `tl.where`, masked loads and stores, `tl.program_id`, `range` loops with runtime
-  bounds: all present since Triton 2.1 (the fused variant added only `tl.where` and column-axis reductions).
-  Tested with Triton 3.9.0 under ``TRITON_INTERPRET=1`` on CPU tensors only (no GPU here); `bench/gpu.sh`
-  runs the same tests on CUDA.
+* Launch configuration (`_config`): tile sizes by the bytes of the streamed tiles, two pipeline stages
+  where three would not fit; a launch that runs out of shared memory or registers on some GPU is retried
+  with halved blocks and one stage (`_shrinking`), so no GPU model is assumed.
+* Language features: `tl.dot` (with `allow_tf32`), `tl.math.exp2`, `tl.math.log2` (Triton 2.1 has no
+  `tl.exp2`), `tl.max`/`tl.sum` (along either axis), `tl.maximum`, `tl.where`, `tl.zeros`, masked loads and
+  stores, `tl.program_id`, `range` loops with runtime bounds, constexpr `if`, the `num_stages` launch option:
+  all present in Triton 2.1 (the fused variant added `tl.where`, column-axis reductions and [BLOCK, 1]
+  row-state tensors). Two Triton 2.1 compiler limits shape the code: a kernel's names are looked up in its
+  module's globals only (so `tl` is made a module global by `_build`), and its layout pass rejects 1-D
+  loop-carried row vectors in a kernel without a second dot ("cmpf requires the same encoding"), so the
+  LSE-only kernels keep them as [BLOCK, 1] columns while `out_kernel` keeps the 1-D flash-attention form
+  (which 2.1 compiles there, and the column form it does not).
+* Tested: every kernel under ``TRITON_INTERPRET=1`` (Triton 3.9.0) on CPU tensors against float64
+  references; every launch configuration (fp16/bf16/fp32 × d 40/64/80/128/160 × with and without stats)
+  compiled to a cubin for sm_80 by Triton 2.1.0 (A1111 1.10's torch 2.1.2), 2.3.1 (torch 2.3) and 3.9.0, and
+  fp16 d=64 for sm_75/86/89 (and sm_90 with 3.9), without a GPU (`bench/triton_aot.py`; CI compiles the
+  fp16 d=64 set with its Triton). Not yet run on a GPU: `bench/gpu.sh` runs the same tests on CUDA.
 
 Triton is optional: nothing here imports it until a kernel is built (`available()` says whether it can be).
 Kernels are built on first use; the interpreter is chosen by Triton from ``TRITON_INTERPRET`` at that time.
@@ -56,8 +70,8 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["CHOSEN", "FUSED", "PART_BYTES", "FusedKernelError", "TritonEngine", "available", "device_key", "fused_pass",
-           "interpreting", "lse_pass"]
+__all__ = ["CHOSEN", "FUSED", "PART_BYTES", "FusedKernelError", "TritonEngine", "available", "device_key",
+           "fused_pass", "interpreting", "lse_pass"]
 
 #: The variant `TritonEngine` uses when not told: True = fused row pass (k + 1 launches), False = 2k + 1.
 FUSED = True

@@ -83,12 +83,14 @@ def _time_path(path: str, device: torch.device, dtype: torch.dtype) -> float:
     return time.perf_counter() - t0
 
 
-def _unavailable(path: str) -> str | None:
+def _unavailable(path: str, device: torch.device) -> str | None:
     """Why `path` cannot run at all here, or None."""
     if path == "triton":
         from asag_lib import sinkhorn_triton
 
-        return None if sinkhorn_triton.available() else "triton is not installed"
+        if not sinkhorn_triton.available():
+            return "triton is not installed"
+        return sinkhorn_triton.unsupported(device)
     if path == "cuda" and not hasattr(torch.ops.aten, "_scaled_dot_product_efficient_attention"):
         return "this torch has no efficient-attention op"
     return None
@@ -145,7 +147,7 @@ def _probe(device: torch.device, dtype: torch.dtype, timing: bool) -> tuple[list
     ref = _run("chunked", q, k, v)
     good, why, notes = [], [], []
     for path in CANDIDATES[:-1]:
-        reason = _unavailable(path)
+        reason = _unavailable(path, device)
         if reason is None and path == "triton":
             reason, note = _probe_triton(device, q, k, v, ref, timing)
             notes += [note] if note else []

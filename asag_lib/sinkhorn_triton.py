@@ -66,12 +66,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import torch
 from torch import Tensor
 
 __all__ = ["CHOSEN", "FUSED", "PART_BYTES", "FusedKernelError", "TritonEngine", "available", "device_key",
-           "fused_pass", "interpreting", "lse_pass"]
+           "fused_pass", "interpreting", "lse_pass", "unsupported"]
 
 #: The variant `TritonEngine` uses when not told: True = fused row pass (k + 1 launches), False = 2k + 1.
 FUSED = True
@@ -89,6 +90,27 @@ _KERNELS: dict[bool, dict[str, object]] = {}
 def available() -> bool:
     """Whether the triton package can be imported (no import is done here)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def unsupported(device: torch.device) -> str | None:
+    """Why the kernels must not even be compiled on `device` with the installed Triton, or None.
+
+    Triton 2.1 (A1111's torch 2.1.2) aborts the whole process, in a C++ assertion ("Unexpected mma -> mma
+    layout conversion"), when it compiles the P·V kernel for GPUs older than sm_80 (seen for sm_70 and
+    sm_75 with bench/triton_aot.py; 2.3 and 3.x compile it): an abort cannot be caught, so such a device is
+    refused before any compile. Imports triton."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    import triton
+
+    version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
+    if version < (2, 2):
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 0):
+            return (f"Triton {triton.__version__} cannot compile the kernels for sm_{major}{minor} "
+                    "(its compiler aborts; sm_80+ or Triton >= 2.2 needed)")
+    return None
 
 
 def device_key(device: torch.device) -> str:

@@ -205,3 +205,32 @@ def test_later_failure_of_the_fused_kernel_switches_to_2k1_not_away_from_triton(
     out_lines = lines(capsys)
     assert len(out_lines) == 2 and "the fused Triton kernel failed (RuntimeError: out of shared memory); " \
         "using its 2k+1 variant from now on" in out_lines[1]
+
+
+def test_triton_21_is_refused_before_compiling_for_gpus_older_than_sm80(monkeypatch):
+    """Triton 2.1's compiler aborts the process on the P·V kernel for sm_70/sm_75 (bench/triton_aot.py):
+    such a device must never compile it. Other versions and GPUs are not refused."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(__version__="2.1.0")
+    monkeypatch.setitem(sys.modules, "triton", fake)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert "Triton 2.1.0 cannot compile the kernels for sm_75" in sinkhorn_triton.unsupported(cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert sinkhorn_triton.unsupported(cuda) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    fake.__version__ = "2.3.1"
+    assert sinkhorn_triton.unsupported(cuda) is None
+    assert sinkhorn_triton.unsupported(torch.device("cpu")) is None
+
+
+@needs_flash_cpu
+def test_refused_triton_is_never_run_by_the_probe(probe_on_cpu, capsys, monkeypatch):
+    calls = variant_calls(monkeypatch)
+    monkeypatch.setattr(sinkhorn_triton, "unsupported", lambda device: "Triton 2.1.0 cannot compile (sm_75)")
+    assert kernel_probe.choose(CPU, torch.float32) == "cuda"
+    assert calls == []
+    (line,) = lines(capsys)
+    assert "triton Triton 2.1.0 cannot compile (sm_75)" in line

@@ -34,6 +34,12 @@ def triton(q, k, v, **kw):
     return sk._sinkhorn_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), path="triton", **args)
 
 
+@pytest.fixture(autouse=True)
+def no_probe_choice(monkeypatch):
+    """The variant comes from FUSED here, not from a probe run earlier in the process (bench/gpu.sh)."""
+    monkeypatch.setattr(tri, "CHOSEN", {})
+
+
 @pytest.fixture(params=[True, False], ids=["fused", "2k+1"])
 def variant(request, monkeypatch):
     """The engine variant (sinkhorn_triton.FUSED) for this test."""

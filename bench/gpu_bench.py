@@ -47,14 +47,14 @@ def _path_fn(path, fused=None):
     def fn(q, k, v):
         from asag_lib import sinkhorn_triton
 
-        before = sinkhorn_triton.FUSED
-        if fused is not None:
-            sinkhorn_triton.FUSED = fused
+        before = sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN
+        if fused is not None:  # the variant named here, not the one the probe chose for this device
+            sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN = fused, {}
         try:
             return sk._sinkhorn_attention(q, k, v, iterations=2, tol=0.0, scale=None, rescale=True,
                                           return_stats=False, memory_budget_bytes=None, path=path)
         finally:
-            sinkhorn_triton.FUSED = before
+            sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN = before
     return fn
 
 

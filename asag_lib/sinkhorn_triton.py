@@ -329,8 +329,10 @@ def _config(block_d: int, block_dv: int, es_b: int, es_v: int) -> tuple[int, int
 
 
 def _out_of_resources(exc: BaseException) -> bool:
-    """Triton's OutOfResources (shared memory or registers of this GPU), whatever module it lives in."""
-    return type(exc).__name__ == "OutOfResources" or "out of resource" in str(exc).lower()
+    """Triton's OutOfResources (shared memory, registers), whatever module it lives in, or the CUDA launch
+    error "too many resources requested for launch"."""
+    msg = str(exc).lower()
+    return type(exc).__name__ == "OutOfResources" or "out of resource" in msg or "too many resources" in msg
 
 
 def _shrinking(launch, block_a: int, block_b: int, stages: int | None):

@@ -103,7 +103,10 @@ def unsupported(device: torch.device) -> str | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    import triton
+    try:
+        import triton
+    except Exception as exc:  # a broken install (missing library, wrong CUDA): not usable, never a crash
+        return f"triton cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
 
     version = tuple(int(x) for x in re.findall(r"\d+", triton.__version__)[:2])
     if version < (2, 2):
@@ -317,8 +320,8 @@ def _config(block_d: int, block_dv: int, es_b: int, es_v: int) -> tuple[int, int
     streams key tiles of BLOCK_D × es_b bytes per key (and V tiles of BLOCK_DV × es_v): smaller tiles for
     wide heads (d = 160 pads to 256; stats widen V to d_v + d + 1 in fp32) and fp32 inputs, and two stages
     where three would not fit, so that the tiles stay within a GPU's registers and shared memory (checked
-    by compiling with Triton 2.1 for sm_80: README). A launch that still runs out of resources on some GPU
-    is retried smaller (`_shrinking`)."""
+    by compiling every configuration with Triton 2.1, 2.3 and 3.9: bench/triton_aot.py, bench/RESULTS.md).
+    A launch that still runs out of resources on some GPU is retried smaller (`_shrinking`)."""
     block_a = block_b = 64 if max(block_d, block_dv) <= 128 else 32
     per_key = block_d * es_b + block_dv * es_v
     while block_b > 16 and block_b * per_key > _STAGE_BYTES:

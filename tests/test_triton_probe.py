@@ -224,6 +224,8 @@ def test_triton_21_is_refused_before_compiling_for_gpus_older_than_sm80(monkeypa
     fake.__version__ = "2.3.1"
     assert sinkhorn_triton.unsupported(cuda) is None
     assert sinkhorn_triton.unsupported(torch.device("cpu")) is None
+    monkeypatch.setitem(sys.modules, "triton", None)  # an install that fails to import: a reason, not a raise
+    assert "triton cannot be imported (ImportError" in sinkhorn_triton.unsupported(cuda)
 
 
 @needs_flash_cpu

@@ -225,7 +225,7 @@ def test_triton_21_is_refused_before_compiling_for_gpus_older_than_sm80(monkeypa
     assert sinkhorn_triton.unsupported(cuda) is None
     assert sinkhorn_triton.unsupported(torch.device("cpu")) is None
     monkeypatch.setitem(sys.modules, "triton", None)  # an install that fails to import: a reason, not a raise
-    assert "triton cannot be imported (ImportError" in sinkhorn_triton.unsupported(cuda)
+    assert "triton cannot be imported (ModuleNotFoundError" in sinkhorn_triton.unsupported(cuda)
 
 
 @needs_flash_cpu

@@ -3,9 +3,11 @@
 On the first call for a device and input dtype, each candidate path is run once on a tiny problem (odd sizes,
 so the kernels' masks are exercised) and compared with the pure-torch ``chunked`` path on the same device:
 
-    triton   the Triton kernels (`asag_lib.sinkhorn_triton`): skipped if triton is missing; both variants
-             (fused row pass, 2k + 1) are checked, and the accurate one, the faster if both are, is recorded
-             for that key in `sinkhorn_triton.CHOSEN` (a fused kernel that fails costs only its speed);
+    triton   the Triton kernels (`asag_lib.sinkhorn_triton`): skipped if triton is missing or cannot be
+             imported, and never compiled where its compiler would abort the process (Triton 2.1 before
+             sm_80, `sinkhorn_triton.unsupported`); both variants (fused row pass, 2k + 1) are checked, and
+             the accurate one, the faster if both are, is recorded for that key in `sinkhorn_triton.CHOSEN`
+             (a fused kernel that fails, here or later on a new shape, costs only its speed);
     cuda     the memory-efficient attention engine (`torch.ops.aten._scaled_dot_product_efficient_attention`);
     chunked  pure torch, the reference of the comparison, always accurate.
 

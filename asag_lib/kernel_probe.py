@@ -3,7 +3,11 @@
 On the first call for a device and input dtype, each candidate path is run once on a tiny problem (odd sizes,
 so the kernels' masks are exercised) and compared with the pure-torch ``chunked`` path on the same device:
 
-    triton   the fused Triton kernel (`asag_lib.sinkhorn_triton`): skipped if triton is missing;
+    triton   the Triton kernels (`asag_lib.sinkhorn_triton`): skipped if triton is missing or cannot be
+             imported, and never compiled where its compiler would abort the process (Triton 2.1 before
+             sm_80, `sinkhorn_triton.unsupported`); both variants (fused row pass, 2k + 1) are checked, and
+             the accurate one, the faster if both are, is recorded for that key in `sinkhorn_triton.CHOSEN`
+             (a fused kernel that fails, here or later on a new shape, costs only its speed);
     cuda     the memory-efficient attention engine (`torch.ops.aten._scaled_dot_product_efficient_attention`);
     chunked  pure torch, the reference of the comparison, always accurate.
 
@@ -81,37 +85,82 @@ def _time_path(path: str, device: torch.device, dtype: torch.dtype) -> float:
     return time.perf_counter() - t0
 
 
-def _unavailable(path: str) -> str | None:
+def _unavailable(path: str, device: torch.device) -> str | None:
     """Why `path` cannot run at all here, or None."""
     if path == "triton":
         from asag_lib import sinkhorn_triton
 
-        return None if sinkhorn_triton.available() else "triton is not installed"
+        if not sinkhorn_triton.available():
+            return "triton is not installed"
+        return sinkhorn_triton.unsupported(device)
     if path == "cuda" and not hasattr(torch.ops.aten, "_scaled_dot_product_efficient_attention"):
         return "this torch has no efficient-attention op"
     return None
+
+
+def _check(path: str, q: Tensor, k: Tensor, v: Tensor, ref: Tensor) -> str | None:
+    """Why `path` is not usable on this problem (raises or disagrees with `ref`), or None."""
+    try:
+        err = relative_error(_run(path, q, k, v), ref)
+        if not (err <= TOLERANCE.get(q.dtype, 1e-4)):  # also catches NaN
+            return f"disagrees with the pure-torch path (relative error {err:.1e})"
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return None
+
+
+_VARIANT = {True: "fused", False: "2k+1"}
+
+
+def _probe_triton(device: torch.device, q: Tensor, k: Tensor, v: Tensor, ref: Tensor,
+                  timing: bool) -> tuple[str | None, str | None]:
+    """Checks both Triton variants and records the one to use in `sinkhorn_triton.CHOSEN`.
+
+    Returns (why Triton is not usable at all, or None; a note on the variant for the console line, or None).
+    """
+    from asag_lib import sinkhorn_triton
+
+    key = (_key(device, q.dtype)[0], q.dtype)
+    reasons = {}
+    for fused in (True, False):
+        sinkhorn_triton.CHOSEN[key] = fused
+        reasons[fused] = _check("triton", q, k, v, ref)
+    ok = [fused for fused in (True, False) if reasons[fused] is None]
+    if not ok:
+        del sinkhorn_triton.CHOSEN[key]
+        return reasons[True], None
+    note = None
+    if len(ok) == 1:
+        note = f"triton {_VARIANT[ok[0]]} variant ({_VARIANT[not ok[0]]} {reasons[not ok[0]]})"
+    elif timing:
+        times = {}
+        for fused in ok:
+            sinkhorn_triton.CHOSEN[key] = fused
+            times[fused] = _time_path("triton", device, q.dtype)
+        ok.sort(key=lambda fused: (times[fused], not fused))  # a tie keeps the fused one
+        note = "triton variants timed " + ", ".join(f"{_VARIANT[f]} {times[f] * 1e3:.1f} ms" for f in ok)
+    sinkhorn_triton.CHOSEN[key] = ok[0]
+    return None, note
 
 
 def _probe(device: torch.device, dtype: torch.dtype, timing: bool) -> tuple[list[str], list[str]]:
     """Returns (accurate paths, fastest first when timed; reasons for the others)."""
     q, k, v = _inputs(PROBE_SHAPE, device, dtype)
     ref = _run("chunked", q, k, v)
-    good, why = [], []
+    good, why, notes = [], [], []
     for path in CANDIDATES[:-1]:
-        reason = _unavailable(path)
-        if reason is None:
-            try:
-                out = _run(path, q, k, v)
-                err = relative_error(out, ref)
-                if not (err <= TOLERANCE.get(dtype, 1e-4)):  # also catches NaN
-                    reason = f"disagrees with the pure-torch path (relative error {err:.1e})"
-            except Exception as exc:
-                reason = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        reason = _unavailable(path, device)
+        if reason is None and path == "triton":
+            reason, note = _probe_triton(device, q, k, v, ref, timing)
+            notes += [note] if note else []
+        elif reason is None:
+            reason = _check(path, q, k, v, ref)
         if reason is None:
             good.append(path)
         else:
             why.append(f"{path} {reason}")
     good.append("chunked")
+    why += notes
     if timing and len(good) > 1:
         times = {p: _time_path(p, device, dtype) for p in good}
         good.sort(key=lambda p: (times[p], CANDIDATES.index(p)))
@@ -136,6 +185,10 @@ def reject(device: torch.device, dtype: torch.dtype, path: str, exc: BaseExcepti
     """Drops `path` for this key after it failed on a real problem; returns the next path to use."""
     key = _key(device, dtype)
     paths = _DECISIONS.setdefault(key, list(CANDIDATES))
+    if path == "triton" and _fused_failed(key, exc):
+        say(f"Sinkhorn kernel on {key[0]}: the fused Triton kernel failed ({str(exc).splitlines()[0][:120]}); "
+            "using its 2k+1 variant from now on")
+        return path
     if path in paths and path != "chunked":
         paths.remove(path)
         say(f"Sinkhorn kernel on {key[0]}: {path} failed ({type(exc).__name__}: "
@@ -143,9 +196,22 @@ def reject(device: torch.device, dtype: torch.dtype, path: str, exc: BaseExcepti
     return paths[0]
 
 
+def _fused_failed(key: tuple[str, torch.dtype], exc: BaseException) -> bool:
+    """Whether `exc` came from the fused Triton kernel; if so, the key switches to the 2k + 1 variant."""
+    from asag_lib import sinkhorn_triton
+
+    if not isinstance(exc, sinkhorn_triton.FusedKernelError):
+        return False
+    sinkhorn_triton.CHOSEN[key] = False
+    return True
+
+
 def forget() -> None:
     """Clears every cached decision (tests; a new GPU driver in the same process)."""
+    from asag_lib import sinkhorn_triton
+
     _DECISIONS.clear()
+    sinkhorn_triton.CHOSEN.clear()
 
 
 def relative_error(a: Tensor, b: Tensor) -> float:

@@ -21,8 +21,9 @@ k + 1 passes instead of 2k + 1; the last pass also yields the output n_q · P ·
 Paths (``PATHS``), chosen by capability checks (on CUDA: a one-time probe per device and input dtype,
 `asag_lib.kernel_probe`, which also drops an engine that fails on a shape the probe did not try):
 
-* ``triton`` (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` for tests): `asag_lib.sinkhorn_triton`, one
-  streaming log-sum-exp kernel per half-step, Q/K/V in the input dtype, fp32 accumulation, O(N·D) memory.
+* ``triton`` (CUDA; CPU tensors under ``TRITON_INTERPRET=1`` for tests): `asag_lib.sinkhorn_triton`, a fused
+  row pass (row LSE, then log-domain column LSE partials reduced in a fixed order) per iteration, Q/K/V in the
+  input dtype, fp32 accumulation; its 2k + 1 variant (one LSE kernel per half-step) is kept for comparison.
 
 * ``cached`` (CPU, chosen while one head's n_q · n_k kernel fits in half the memory budget): linear-domain
   Sinkhorn on the exponentials computed once per head (`_KernelCacheEngine`); later half-steps are
@@ -481,7 +482,9 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
         sel = None if act.numel() == G else act
         take = (lambda x: x) if sel is None else (lambda x: x[sel])  # noqa: B023 (used in this iteration only)
         f_new = la - take(lse)
-        if fused:
+        if fused and getattr(engine, "log_cols", False):  # col_j = LSE2_i(S2_ij − lse_i): exact column step
+            g_new = (lb - la) - take(col)
+        elif fused:
             c = take(col)
             g_new = take(g2) + (lb - la) - c.log2()
             bad = ~(c.amin(dim=-1) >= tiny)  # also catches NaN

@@ -2,7 +2,9 @@
 
     python bench/gpu_bench.py OUT_DIR [--dry-run]
 
-Kernel: fp16 inputs (fp32 on a CPU dry run), 2 Sinkhorn iterations, tol=0; each path forced by name; time
+Kernel: fp16 inputs (fp32 on a CPU dry run), 2 Sinkhorn iterations, tol=0; each path forced by name, the
+Triton path in both variants (`triton-fused`: k + 1 passes with the fused row pass, `triton-2k+1`: one LSE
+kernel per half-step; peak memory includes the fused variant's partial buffer); time
 is the median of interleaved runs (CUDA-synchronised), peak extra memory = peak allocated during the call −
 allocated before it (CUDA only). End to end: `bench/e2e.py`'s scenarios, each in its own process, at full
 SDXL width (320), fp16, 1024×1024 (latent 128), for the `middle` and `outputs` presets.
@@ -40,13 +42,33 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _path_fn(path, fused=None):
+    """One call of the kernel on `path`; for "triton", `fused` picks the variant (sinkhorn_triton.FUSED)."""
+    def fn(q, k, v):
+        from asag_lib import sinkhorn_triton
+
+        before = sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN
+        if fused is not None:  # the variant named here, not the one the probe chose for this device
+            sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN = fused, {}
+        try:
+            return sk._sinkhorn_attention(q, k, v, iterations=2, tol=0.0, scale=None, rescale=True,
+                                          return_stats=False, memory_budget_bytes=None, path=path)
+        finally:
+            sinkhorn_triton.FUSED, sinkhorn_triton.CHOSEN = before
+    return fn
+
+
+#: The Triton engine's two variants (asag_lib/sinkhorn_triton.py): which is faster needs a GPU to tell.
+TRITON_VARIANTS = {"triton-fused": True, "triton-2k+1": False}
+
+
 def _impls(device):
-    paths = ["triton", "cuda", "chunked"] if device.type == "cuda" else ["triton", "flash_cpu", "chunked"]
+    paths = ["cuda", "chunked"] if device.type == "cuda" else ["flash_cpu", "chunked"]
     fns = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
+    for name, fused in TRITON_VARIANTS.items():
+        fns[name] = _path_fn("triton", fused)
     for path in paths:
-        fns[path] = (lambda p: lambda q, k, v: sk._sinkhorn_attention(
-            q, k, v, iterations=2, tol=0.0, scale=None, rescale=True, return_stats=False,
-            memory_budget_bytes=None, path=p))(path)
+        fns[path] = _path_fn(path)
     return fns
 
 

@@ -126,12 +126,21 @@ def _asag_lines(log: str) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.strip().startswith("ASAG")]
 
 
-def test_every_control_shows_its_own_hint_and_info_line(ui):
-    with browser.shot_on_failure(ui.page, f"{ui.kind}-hints"):
-        assert TITLE in ui.page.locator(ACCORDION).inner_text()
-        _open(ui.page)
-        browser.assert_own_hints(browser.hint_titles(ui.page, TAB))
-        browser.assert_info_under_own_label(browser.info_lines(ui.page, TAB))
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_every_control_shows_its_own_hint(ui, tab):
+    with browser.shot_on_failure(ui.page, f"{ui.kind}-{tab}-hints"):
+        assert TITLE in ui.page.locator(browser.accordion(tab)).inner_text()
+        if tab == TAB:  # the other tab's controls are in the page, hidden: their titles are set all the same
+            _open(ui.page)
+        browser.assert_own_hints(browser.hint_titles(ui.page, tab))
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_info_lines_sit_under_their_own_labels(ui, tab):
+    with browser.shot_on_failure(ui.page, f"{ui.kind}-{tab}-info"):
+        if tab == TAB:
+            _open(ui.page)
+        browser.assert_info_under_own_label(browser.info_lines(ui.page, tab))
 
 
 def test_generate_with_asag_then_without(ui):
@@ -158,6 +167,29 @@ def test_generate_with_asag_then_without(ui):
         assert f"Steps: {STEPS}" in info, info
         assert "ASAG" not in info, info
         assert not _asag_lines(log), _asag_lines(log)
+
+
+def test_pasted_infotext_sets_the_controls(ui):
+    """The prompt box's paste button (↙) reads ASAG keys into the controls (Script.infotext_fields), ticks the
+    accordion's box when `ASAG scale` is there and clears it when it is not."""
+    page, expect = ui.page, playwright.expect
+    with browser.shot_on_failure(page, f"{ui.kind}-paste"):
+        _open(page)
+        enabled = page.locator(f"{ACCORDION}-visible-checkbox")
+        enabled.uncheck()
+        written = ("a red cube on a table\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 7, Size: 64x64, "
+                   "ASAG scale: 1.75, ASAG layers: output.1, ASAG iterations: 3")
+        prompt, paste = page.locator(f"#{TAB}_prompt textarea"), page.locator(f"#tab_{TAB} #paste")
+        prompt.fill(written)
+        paste.click()
+        expect(enabled).to_be_checked(timeout=60_000)
+        expect(page.locator("#script_txt2img_asag_scale input[type=number]")).to_have_value("1.75")
+        expect(page.locator("#script_txt2img_asag_iterations input[type=number]")).to_have_value("3")
+        expect(page.locator("#script_txt2img_asag_layers input")).to_have_value("output.1")
+
+        prompt.fill("a red cube on a table\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 7, Size: 64x64")
+        paste.click()
+        expect(enabled).not_to_be_checked(timeout=60_000)
 
 
 def test_xyz_plot_lists_every_asag_axis_once(ui):

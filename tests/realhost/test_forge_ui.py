@@ -72,8 +72,8 @@ def ui_harness(kind: str, real: Path, where: Path) -> Path:
 
 
 @pytest.fixture(scope="module", params=AVAILABLE)
-def ui(request, tmp_path_factory):
-    """(server, page) for one host: the txt2img tab loaded, the host's onUiLoaded callbacks run."""
+def host(request, tmp_path_factory):
+    """(kind, server, chromium) for one host; the server log must end without a traceback."""
     kind = request.param
     harness = ui_harness(kind, Path(HOSTS[kind]), tmp_path_factory.mktemp(f"{kind}-ui") / "harness")
     saved, family.PORT = family.PORT, PORT + AVAILABLE.index(kind)  # Server reads the module's port
@@ -83,18 +83,26 @@ def ui(request, tmp_path_factory):
         family.PORT = saved
     pw = playwright.sync_playwright().start()
     try:
-        chromium = browser.launch(pw)
-        page = chromium.new_page(viewport={"width": 1600, "height": 2400})
-        page.goto(server.url, timeout=300_000)
-        with browser.shot_on_failure(page, f"{kind}-load"):
-            # inputAccordion.js makes the header's checkbox in onUiLoaded: the page's scripts ran
-            page.wait_for_selector(f"{ACCORDION}-visible-checkbox", timeout=300_000)
-        yield SimpleNamespace(kind=kind, server=server, page=page)
-        chromium.close()
+        yield SimpleNamespace(kind=kind, server=server, chromium=browser.launch(pw))
     finally:
         pw.stop()
         server.stop()
     assert "Traceback (most recent call last)" not in server.log_text(), f"traceback in {server.log}"
+
+
+@pytest.fixture
+def ui(host):
+    """A fresh page per test (no control state carried over, e.g. a pasted seed or RNG override): the
+    txt2img tab loaded and the host's onUiLoaded callbacks run."""
+    page = host.chromium.new_page(viewport={"width": 1600, "height": 2400})
+    try:
+        page.goto(host.server.url, timeout=300_000)
+        with browser.shot_on_failure(page, f"{host.kind}-load"):
+            # inputAccordion.js makes the header's checkbox in onUiLoaded: the page's scripts ran
+            page.wait_for_selector(f"{ACCORDION}-visible-checkbox", timeout=300_000)
+        yield SimpleNamespace(kind=host.kind, server=host.server, page=page)
+    finally:
+        page.close()
 
 
 def _open(page) -> None:
@@ -192,15 +200,25 @@ def test_pasted_infotext_sets_the_controls(ui):
         expect(enabled).not_to_be_checked(timeout=60_000)
 
 
+def _choose(dropdown, choice: str) -> None:
+    """Pick a choice of a gradio 4 dropdown: its list exists only while it is open, one <li aria-label=…>
+    per choice."""
+    dropdown.locator("input").click()
+    dropdown.locator(f'ul.options li[aria-label="{choice}"]').click()
+
+
+def _x_type(page):
+    """The X/Y/Z plot's X type dropdown, after choosing the script on the tab."""
+    _choose(page.locator(f"#tab_{TAB} #script_list"), "X/Y/Z plot")
+    x_type = page.locator(f"#script_{TAB}_xyz_plot_x_type")
+    x_type.wait_for(state="visible")
+    return x_type
+
+
 def test_xyz_plot_lists_every_asag_axis_once(ui):
     page = ui.page
     with browser.shot_on_failure(page, f"{ui.kind}-xyz"):
-        scripts = page.locator(f"#tab_{TAB} #script_list input")
-        scripts.click()
-        # gradio 4 lists a dropdown's choices only while it is open, each as <li aria-label=CHOICE>
-        page.locator(f'#tab_{TAB} #script_list ul.options li[aria-label="X/Y/Z plot"]').click()
-        x_type = page.locator(f"#script_{TAB}_xyz_plot_x_type")
-        x_type.wait_for(state="visible")
+        x_type = _x_type(page)
         x_type.locator("input").click()
         options = x_type.locator("ul.options li").evaluate_all("items => items.map(li => li.ariaLabel)")
         page.keyboard.press("Escape")
@@ -208,3 +226,29 @@ def test_xyz_plot_lists_every_asag_axis_once(ui):
         assert wanted, "no ASAG axis in the schema"
         for label in wanted:
             assert options.count(label) == 1, (label, [o for o in options if o.startswith(params.XYZ_PREFIX)])
+
+
+def test_xyz_plot_over_asag_scale_runs_from_the_page(ui):
+    """The plot run from the page passes the script's whole argument list (Neo's has `row_count`): the scale
+    2 cell is guided (one summary line), the scale 0 cell is not."""
+    page = ui.page
+    with browser.shot_on_failure(page, f"{ui.kind}-xyz-run"):
+        _open(page)
+        page.locator(f"{ACCORDION}-visible-checkbox").check()
+        for elem_id, value in ((f"{TAB}_width", "64"), (f"{TAB}_height", "64"), (f"{TAB}_steps", str(STEPS))):
+            _set_number(page, elem_id, value)
+        page.locator(f"#{TAB}_prompt textarea").fill("a red cube on a table")
+        x_type = _x_type(page)
+        # values first: choosing the axis sends them to the server and back (select_axis), which would
+        # overwrite values typed while that round trip is under way
+        values = page.locator(f"#script_{TAB}_xyz_plot_x_values textarea")
+        values.fill("2, 0")
+        _choose(x_type, xyz.axis_label(params.PARAMS_BY_NAME["scale"]))
+        page.wait_for_timeout(2000)
+        playwright.expect(values).to_have_value("2, 0")
+        info, log = _generate(ui)
+        done = [line for line in _asag_lines(log) if line.startswith("ASAG: done:")]
+        assert len(done) == 1, _asag_lines(log)
+        assert done[0].startswith(f"ASAG: done: {STEPS} of {STEPS} steps guided, {STEPS} weak passes"), done
+        assert "ASAG scale: 2" in info, info  # the grid shows its first cell's generation info
+        assert "ASAG error" not in info and "ASAG error" not in log, info

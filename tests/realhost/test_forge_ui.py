@@ -118,6 +118,17 @@ def _set_number(page, elem_id: str, value: str) -> None:
     box.press("Tab")
 
 
+def _small_job_with_asag(page):
+    """As a user would: open the accordion, tick its box, 64×64, STEPS steps, a prompt; returns the box."""
+    _open(page)
+    enabled = page.locator(f"{ACCORDION}-visible-checkbox")
+    enabled.check()
+    for elem_id, value in ((f"{TAB}_width", "64"), (f"{TAB}_height", "64"), (f"{TAB}_steps", str(STEPS))):
+        _set_number(page, elem_id, value)
+    page.locator(f"#{TAB}_prompt textarea").fill("a red cube on a table")
+    return enabled
+
+
 def _generate(ui) -> tuple[str, str]:
     """Click Generate, wait for the new image and its generation info; (infotext shown, console lines)."""
     page, offset = ui.page, len(ui.server.log_text())
@@ -154,13 +165,8 @@ def test_info_lines_sit_under_their_own_labels(ui, tab):
 def test_generate_with_asag_then_without(ui):
     page = ui.page
     with browser.shot_on_failure(page, f"{ui.kind}-generate"):
-        _open(page)
-        enabled = page.locator(f"{ACCORDION}-visible-checkbox")
-        enabled.check()
+        enabled = _small_job_with_asag(page)
         _set_number(page, "script_txt2img_asag_scale", SCALE)
-        for elem_id, value in ((f"{TAB}_width", "64"), (f"{TAB}_height", "64"), (f"{TAB}_steps", str(STEPS))):
-            _set_number(page, elem_id, value)
-        page.locator(f"#{TAB}_prompt textarea").fill("a red cube on a table")
 
         info, log = _generate(ui)
         assert f"Steps: {STEPS}" in info and "Size: 64x64" in info, info  # the page's values reached the job
@@ -233,11 +239,7 @@ def test_xyz_plot_over_asag_scale_runs_from_the_page(ui):
     2 cell is guided (one summary line), the scale 0 cell is not."""
     page = ui.page
     with browser.shot_on_failure(page, f"{ui.kind}-xyz-run"):
-        _open(page)
-        page.locator(f"{ACCORDION}-visible-checkbox").check()
-        for elem_id, value in ((f"{TAB}_width", "64"), (f"{TAB}_height", "64"), (f"{TAB}_steps", str(STEPS))):
-            _set_number(page, elem_id, value)
-        page.locator(f"#{TAB}_prompt textarea").fill("a red cube on a table")
+        _small_job_with_asag(page)
         x_type = _x_type(page)
         # values first: choosing the axis sends them to the server and back (select_axis), which would
         # overwrite values typed while that round trip is under way

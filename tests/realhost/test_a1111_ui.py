@@ -1,8 +1,11 @@
 """The ASAG accordion in a real A1111 page (gradio UI through headless Chromium): its title, and that
-every control shows its own hint (not another control's, not A1111's own).
+every control shows its own hint (not another control's, not A1111's own) and the visible `info=` lines sit
+under their own labels. The Forge-family page (gradio 4) is checked by test_forge_ui.py with the same helpers
+(browser.py).
 
 Skipped unless ASAG_A1111_HOST names a built harness, Debian's chromium is at /usr/bin/chromium and the
-`playwright` package imports. ASAG_UI_SHOTS=DIR also writes a screenshot of the opened accordion.
+`playwright` package imports. ASAG_UI_SHOTS=DIR also writes a screenshot of the opened accordion
+(and of the page when the check fails, there or in the system temp folder).
 """
 
 from __future__ import annotations
@@ -12,19 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from asag_lib import params
+from tests.realhost import browser
 from tests.realhost.harness import Server
 
 HOST = os.environ.get("ASAG_A1111_HOST")
-CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not HOST or not CHROMIUM.exists(),
+pytestmark = pytest.mark.skipif(not HOST or not browser.CHROMIUM.exists(),
                                 reason="set ASAG_A1111_HOST and install Debian's chromium for the UI check")
 
 REPO = Path(__file__).resolve().parents[2]
-ACCORDION = "#script_txt2img_asag_enabled"
+ACCORDION = browser.accordion("txt2img")
 TITLE = "ASAG: Adversarial Sinkhorn Attention Guidance"
-GRADIO_BUTTON_TITLES = {"Clear", "Reset"}  # gradio's own widget buttons (the dropdown's clear button)
 
 
 @pytest.fixture(scope="module")
@@ -41,43 +42,20 @@ def page_url(tmp_path_factory):
 
 def test_every_control_shows_its_own_hint(page_url):
     with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        chromium = browser.launch(pw)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 2400})
+            page = chromium.new_page(viewport={"width": 1600, "height": 2400})
             page.goto(page_url, timeout=180_000)
             page.wait_for_selector(ACCORDION, timeout=180_000)
             accordion = page.locator(ACCORDION)
-            assert TITLE in accordion.inner_text()
-            page.locator(f"{ACCORDION} .label-wrap").first.click()  # open it
-            page.wait_for_timeout(1000)
-            for summary in page.locator(f"{ACCORDION} .label-wrap").all()[1:]:  # nested "Advanced"
-                summary.click()
-            page.wait_for_timeout(1000)
-            titles = page.evaluate("""() => {
-                const app = typeof gradioApp === 'function' ? gradioApp() : document;
-                const out = {};
-                for (const el of app.querySelectorAll('[id^="script_txt2img_asag_"]')) {
-                    const name = el.id.replace('script_txt2img_asag_', '');
-                    const labelled = el.querySelectorAll('[title]');
-                    out[name] = [...labelled].map(x => x.title);
-                    if (el.title) out[name].push(el.title);
-                }
-                const box = app.querySelector('#script_txt2img_asag_enabled-visible-checkbox');
-                out['enabled-header'] = box ? [box.title] : [];
-                out['accordion-own'] = app.querySelector('#script_txt2img_asag_enabled').title;
-                return out;
-            }""")
+            with browser.shot_on_failure(page, "a1111-hints"):
+                assert TITLE in accordion.inner_text()
+                browser.open_accordions(page, "txt2img")
+                titles = browser.hint_titles(page, "txt2img")
+                info = browser.info_lines(page, "txt2img")
             if os.environ.get("ASAG_UI_SHOTS"):
-                accordion.screenshot(path=str(Path(os.environ["ASAG_UI_SHOTS"]) / "a1111-asag-accordion.png"))
+                accordion.screenshot(path=str(browser.SHOTS / "a1111-asag-accordion.png"))
         finally:
-            browser.close()
-    hints = {param.name: param.hint for param in params.PARAMS}
-    assert titles["enabled-header"] == [hints["enabled"]]
-    assert titles["accordion-own"] == ""  # not on the whole accordion: hovering a control shows its own
-    for name, hint in hints.items():
-        if name == "enabled":
-            continue
-        assert hint in titles.get(name, []), (name, titles.get(name))
-        others = [h for h in titles.get(name, []) if h != hint and h not in GRADIO_BUTTON_TITLES]
-        assert not others, (name, others)  # neither another control's hint nor A1111's own (titles[…])
+            chromium.close()
+    browser.assert_own_hints(titles)
+    browser.assert_info_under_own_label(info)  # the `info=` lines under their own labels (gradio 3)

@@ -376,8 +376,8 @@ class _KernelCacheEngine:
                 for j, h in enumerate(sel.tolist())
             ]
             lse, col, out, ok = (None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
-        bad = (~ok).nonzero().squeeze(1)
-        if bad.numel():  # rare (extreme logits): those heads take the exact log-domain pass
+        if not bool(ok.all()):  # rare (extreme logits): those heads take the exact log-domain pass
+            bad = (~ok).nonzero().squeeze(1)
             heads = bad if sel is None else sel[bad]
             e_lse, e_col, e_out = self.exact.row_pass(g2[bad], heads, want_col, None if vx is None else vx[bad])
             lse[bad] = e_lse
@@ -477,10 +477,17 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
     out = None
 
     lse, col, _ = engine.row_pass(g2, None, fused, None)
+    # while no head is frozen (always with tol=0) the state is replaced whole: no index tensors, no scatter
+    # (a group's bookkeeping is ~0.3 ms of small ops, as much as 20 % of a head's kernel at N=1024)
+    all_active = True
     for it in range(iterations):
-        act = (~frozen).nonzero().squeeze(1)
-        sel = None if act.numel() == G else act
-        take = (lambda x: x) if sel is None else (lambda x: x[sel])  # noqa: B023 (used in this iteration only)
+        if all_active:
+            act, sel = None, None
+            take = lambda x: x  # noqa: E731
+        else:
+            act = (~frozen).nonzero().squeeze(1)
+            sel = act
+            take = lambda x: x[sel]  # noqa: E731,B023 (used in this iteration only)
         f_new = la - take(lse)
         if fused and getattr(engine, "log_cols", False):  # col_j = LSE2_i(S2_ij − lse_i): exact column step
             g_new = (lb - la) - take(col)
@@ -490,34 +497,47 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
             bad = ~(c.amin(dim=-1) >= tiny)  # also catches NaN
             if bool(bad.any()):
                 sub = bad.nonzero().squeeze(1)
-                g_new[sub] = lb - engine.col_pass(f_new[sub], act[sub])
+                g_new[sub] = lb - engine.col_pass(f_new[sub], sub if act is None else act[sub])
         else:
             g_new = lb - engine.col_pass(f_new, sel)
-        f2[act], g2[act] = f_new, g_new
-        used[act] += 1
         last = it == iterations - 1
         vx = _extended_v(take(v), take(k), g_new, want_stats) if last else None
         lse_new, col_new, o = engine.row_pass(g_new, sel, fused and not last, vx)
-        lse[act] = lse_new
-        if col_new is not None:
-            col[act] = col_new
-        e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1)
-        err[act] = e
-        if tol > 0:  # tol=0 never freezes, even a head whose error rounds to exactly 0
+        # the marginal error is needed to freeze heads (tol > 0) and for the stats only
+        e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1) if tol > 0 or want_stats else None
+        if act is None:
+            f2, g2, lse = f_new, g_new, lse_new
+            used += 1
+            if col_new is not None:
+                col = col_new
+            if e is not None:
+                err = e
+            if tol > 0:  # tol=0 never freezes, even a head whose error rounds to exactly 0
+                frozen = e <= tol
+        else:
+            f2[act], g2[act], lse[act] = f_new, g_new, lse_new
+            used[act] += 1
+            if col_new is not None:
+                col[act] = col_new
+            err[act] = e
             frozen[act] = e <= tol
         if last:
-            out = o if sel is None else _scatter_rows(o, act, G)
-        elif bool(frozen.all()):
-            break
-    missing = (used < iterations).nonzero().squeeze(1)  # frozen before the last iteration: no output yet
-    if missing.numel():
-        sel = None if missing.numel() == G else missing
-        take = (lambda x: x) if sel is None else (lambda x: x[sel])
-        _, _, o = engine.row_pass(take(g2), sel, False, _extended_v(take(v), take(k), take(g2), want_stats))
-        if out is None:
-            out = o if sel is None else _scatter_rows(o, missing, G)
-        else:
-            out[missing] = o
+            out = o if act is None else _scatter_rows(o, act, G)
+        elif tol > 0:
+            n_frozen = int(frozen.sum())
+            all_active = n_frozen == 0
+            if n_frozen == G:
+                break
+    if not all_active:  # heads frozen before the last iteration have no output yet
+        missing = (used < iterations).nonzero().squeeze(1)
+        if missing.numel():
+            sel = None if missing.numel() == G else missing
+            take = (lambda x: x) if sel is None else (lambda x: x[sel])
+            _, _, o = engine.row_pass(take(g2), sel, False, _extended_v(take(v), take(k), take(g2), want_stats))
+            if out is None:
+                out = o if sel is None else _scatter_rows(o, missing, G)
+            else:
+                out[missing] = o
 
     mass = (f2 + lse - la).exp2_()  # n_q · Σ_j P_ij
     d_v = v.shape[-1]
@@ -622,14 +642,10 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
         raise ValueError(f"sinkhorn_attention: path must be one of {PATHS}, got {path!r}")
     if path == "triton" and cdt == torch.float64:
         raise ValueError("sinkhorn_attention: the triton path computes in float32; float64 inputs take another path")
-    q2 = q.reshape(B * H, n_q, d).to(cdt) * (-scale * _LOG2E)
-    if path == "triton":  # the kernel reads Q, K, V in their own dtype and accumulates in fp32
-        q_in = q.reshape(B * H, n_q, d)
-        kf, vf = k.reshape(B * H, n_k, d), v.reshape(B * H, n_k, d_v)
-    else:
-        kf, vf = k.reshape(B * H, n_k, d).to(cdt), v.reshape(B * H, n_k, d_v).to(cdt)
-
-    esize = q2.element_size()
+    # flattened views; each group is cast and scaled on its own (a cache-sized copy instead of one of every
+    # head, whose fresh pages cost more than the copy); the triton kernel reads Q, K, V in their own dtype
+    qf, kf, vf = q.reshape(B * H, n_q, d), k.reshape(B * H, n_k, d), v.reshape(B * H, n_k, d_v)
+    esize = torch.empty((), dtype=cdt).element_size()
     # cache-sized blocks on CPU; on other devices (kernel-launch bound) as large as the budget allows
     block = max(1, min(_BLOCK_BYTES, budget // 2) if q.device.type == "cpu" else budget // 2)
     if path == "dense":
@@ -646,11 +662,12 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
         group = B * H
 
     # the cached path's kernels: one buffer for every group of the call (page faults are paid once)
-    buffer = q2.new_empty(min(group, B * H), n_q, n_k) if path == "cached" else None
+    buffer = q.new_empty(min(group, B * H), n_q, n_k, dtype=cdt) if path == "cached" else None
     out, stats = None, []
     for h0 in range(0, B * H, group):
         h1 = min(B * H, h0 + group)
-        qg, kg, vg = q2[h0:h1], kf[h0:h1], vf[h0:h1]
+        qg = qf[h0:h1].to(cdt) * (-scale * _LOG2E)
+        kg, vg = (kf[h0:h1], vf[h0:h1]) if path == "triton" else (kf[h0:h1].to(cdt), vf[h0:h1].to(cdt))
         if path in ("dense", "chunked"):
             engine = _ScoreEngine(qg, kg, block, keep_scores=path == "dense")
         elif path == "cached":
@@ -658,7 +675,7 @@ def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return
         elif path == "triton":
             from asag_lib.sinkhorn_triton import TritonEngine
 
-            engine = TritonEngine(q_in[h0:h1], kg, -scale * _LOG2E)
+            engine = TritonEngine(qf[h0:h1], kg, -scale * _LOG2E)
         else:
             engine = _AttentionOpEngine(qg, kg, _flash_cpu_op if path == "flash_cpu" else _efficient_cuda_op)
         o, st = _sinkhorn_group(engine, qg, kg, vg, iterations, tol, return_stats)

@@ -13,7 +13,7 @@ from asag_lib import params, telemetry, weak
 from asag_lib.attention import KernelOptions
 from asag_lib.hosts.job import Job
 from asag_lib.sinkhorn import SinkhornStats
-from tests.test_weak import _qkv
+from tests.test_weak import _qkv, sinkhorn_potentials_ref
 
 FAST = {"steps": 1, "width": 64, "height": 64}
 ON = [True, 2.0, "all", 2, 1e-3, 0.0, 1.0, "both", 0.0, "rows", "auto", "asag", 10.0]
@@ -52,15 +52,10 @@ def _entropy_ref(q, k, v, iterations):
     """Mean over queries of the entropy of the row-normalised adversarial plan, / log n_k (float64)."""
     scale = 1 / math.sqrt(q.shape[-1])
     log_k = -scale * q @ k.transpose(-1, -2)
-    n_q, n_k = log_k.shape[-2:]
-    f = torch.zeros(*log_k.shape[:-1], 1, dtype=torch.float64)
-    g = torch.zeros(*log_k.shape[:-2], 1, n_k, dtype=torch.float64)
-    for _ in range(iterations):
-        f = -math.log(n_q) - torch.logsumexp(log_k + g, dim=-1, keepdim=True)
-        g = -math.log(n_k) - torch.logsumexp(log_k + f, dim=-2, keepdim=True)
+    _, g = sinkhorn_potentials_ref(log_k, iterations)
     rows = torch.softmax(log_k + g, dim=-1)  # the row-normalised plan
     entropy = -(rows * rows.log()).sum(-1).mean(-1)
-    return entropy / math.log(n_k)
+    return entropy / math.log(log_k.shape[-1])
 
 
 def test_kernel_stats_reach_the_recorder_and_match_a_float64_plan():

@@ -22,18 +22,24 @@ def _qkv(n_q=N, n_k=N, seed=0, dtype=torch.float64):
     return q, k, v
 
 
-def sinkhorn_ref(q, k, v, sign, iterations, scale=None, rescale=True):
-    """Plain log-domain Sinkhorn with uniform marginals, float64, all iterations (tol 0).
-
-    log K = sign · scale · q kᵀ; each iteration is a row step then a column step; P = exp(f + log K + g)."""
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    log_k = sign * scale * (q.double() @ k.double().transpose(-1, -2))
+def sinkhorn_potentials_ref(log_k, iterations):
+    """Plain log-domain Sinkhorn with uniform marginals, float64, all iterations (tol 0): the potentials
+    (f (…, n_q, 1), g (…, 1, n_k)) after `iterations` row-then-column steps; P = exp(f + log K + g)."""
     n_q, n_k = log_k.shape[-2:]
     f = torch.zeros(*log_k.shape[:-1], 1, dtype=torch.float64)
     g = torch.zeros(*log_k.shape[:-2], 1, n_k, dtype=torch.float64)
     for _ in range(iterations):
         f = -math.log(n_q) - torch.logsumexp(log_k + g, dim=-1, keepdim=True)
         g = -math.log(n_k) - torch.logsumexp(log_k + f, dim=-2, keepdim=True)
+    return f, g
+
+
+def sinkhorn_ref(q, k, v, sign, iterations, scale=None, rescale=True):
+    """n_q · P · V (or P · V) of the plan of log K = sign · scale · q kᵀ (`sinkhorn_potentials_ref`)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    log_k = sign * scale * (q.double() @ k.double().transpose(-1, -2))
+    n_q = log_k.shape[-2]
+    f, g = sinkhorn_potentials_ref(log_k, iterations)
     plan = torch.exp(f + log_k + g)
     out = plan @ v.double()
     return out * n_q if rescale else out

@@ -296,14 +296,14 @@ class _KernelCacheEngine:
     SAFE = 2.0**-30
 
     def __init__(self, q2: Tensor, k: Tensor, block_bytes: int, buffer: Tensor | None = None):
-        """buffer: storage for the kernel, at least (G, n_q, n_k), reused across groups by the caller (a fresh
+        """buffer: storage for the kernel, (at least G, n_q, n_k), reused across groups by the caller (a fresh
         n_q · n_k allocation costs ~40 % of the kernel's compute in page faults: 31 ms per 64 MiB head)."""
         self.exact = _ScoreEngine(q2, k, block_bytes, keep_scores=False)
         self.block_bytes = block_bytes
         G, n_q, n_k = q2.shape[0], q2.shape[1], k.shape[1]
         # built by blocks of rows that stay in cache: scores, row max, shifted exp2, and the first pass's
         # sums (g = 0, so b = 1) while the block is hot; for large N the kernel is then read once per pass
-        kern = q2.new_empty(G, n_q, n_k) if buffer is None else buffer.view(-1)[: G * n_q * n_k].view(G, n_q, n_k)
+        kern = q2.new_empty(G, n_q, n_k) if buffer is None else buffer[:G]
         m = q2.new_zeros(G, n_q)
         r = q2.new_empty(G, n_q)
         col = q2.new_zeros(G, n_k)
@@ -481,13 +481,9 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
     # (a group's bookkeeping is ~0.3 ms of small ops, as much as 20 % of a head's kernel at N=1024)
     all_active = True
     for it in range(iterations):
-        if all_active:
-            act, sel = None, None
-            take = lambda x: x  # noqa: E731
-        else:
-            act = (~frozen).nonzero().squeeze(1)
-            sel = act
-            take = lambda x: x[sel]  # noqa: E731,B023 (used in this iteration only)
+        # act: the indices of the heads still iterating, None for all of them
+        act = None if all_active else (~frozen).nonzero().squeeze(1)
+        take = (lambda x: x) if act is None else (lambda x: x[act])  # noqa: B023 (used in this iteration only)
         f_new = la - take(lse)
         if fused and getattr(engine, "log_cols", False):  # col_j = LSE2_i(S2_ij − lse_i): exact column step
             g_new = (lb - la) - take(col)
@@ -499,10 +495,10 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
                 sub = bad.nonzero().squeeze(1)
                 g_new[sub] = lb - engine.col_pass(f_new[sub], sub if act is None else act[sub])
         else:
-            g_new = lb - engine.col_pass(f_new, sel)
+            g_new = lb - engine.col_pass(f_new, act)
         last = it == iterations - 1
         vx = _extended_v(take(v), take(k), g_new, want_stats) if last else None
-        lse_new, col_new, o = engine.row_pass(g_new, sel, fused and not last, vx)
+        lse_new, col_new, o = engine.row_pass(g_new, act, fused and not last, vx)
         # the marginal error is needed to freeze heads (tol > 0) and for the stats only
         e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1) if tol > 0 or want_stats else None
         if act is None:

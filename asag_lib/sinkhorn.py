@@ -52,6 +52,7 @@ output is cast to q's dtype, as autocast's own ops would leave it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -175,9 +176,12 @@ def _validate(q, k, v, iterations, tol, scale, memory_budget_bytes) -> None:
 # An engine works on a group of G flattened (batch · head) slices and offers, for the heads `sel` (an index
 # tensor into the group, or None for all of them; g2, f2 and vx are already restricted to `sel`):
 #
-# row_pass(g2, sel, want_col, vx) -> (lse (Gs, n_q), col (Gs, n_k) | None, out (Gs, n_q, dx) | None)
+# row_pass(g2, sel, want_col, vx, normalized=True)
+#         -> (lse (Gs, n_q), col (Gs, n_k) | None, out (Gs, n_q, dx) | None)
 #     lse_i = LSE2_j(S2_ij + g2_j); with e_ij = 2^(S2_ij + g2_j − lse_i) the row-normalised plan,
 #     col_j = Σ_i e_ij (engines with fused_cols only) and out_i = Σ_j e_ij vx_j.
+#     normalized=False (the last pass, when only 2^lse_i · out_i is used): an engine may return lse_i − c_i
+#     and 2^c_i · out_i for any finite c_i (the cached engine skips its row sums so: c_i = log2 of the row sum).
 # col_pass(f2, sel) -> lse (Gs, n_k), LSE2_i(S2_ij + f2_i): the exact column step.
 #
 # The column sums of the row-normalised plan give the next column step for free:
@@ -232,7 +236,8 @@ class _ScoreEngine:
     def _rows_per_block(self, heads: int, width: int, esize: int) -> int:
         return max(1, self.block_bytes // (heads * width * esize))
 
-    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None,
+                 normalized: bool = True):
         q2 = self.q2 if sel is None else self.q2[sel]
         kt = (self.k if sel is None else self.k[sel]).transpose(1, 2)
         G, n_q = q2.shape[:2]
@@ -276,6 +281,12 @@ class _ScoreEngine:
         return lse
 
 
+def _row_sum_floor(r_last: Tensor, lb: Tensor, lb_last: Tensor) -> Tensor:
+    """Per head, a lower bound on every row sum r_i = Σ_j K_ij 2^lb_j (K >= 0) from the previous pass's
+    r_last_i = Σ_j K_ij 2^lb_last_j: each term changed by a factor of at least min_j 2^(lb_j − lb_last_j)."""
+    return r_last.amin(dim=-1) * (lb - lb_last).amin(dim=-1).exp2()
+
+
 class _KernelCacheEngine:
     """Linear-domain Sinkhorn on a cached kernel ("cached", CPU): the exponentials are computed once per head.
 
@@ -288,6 +299,7 @@ class _KernelCacheEngine:
     arithmetic; in fp32 the entries of K that underflow (< 2^-149) are lost, which is harmless unless a row
     sum or a column sum is itself tiny. A head with a row sum or column sum below SAFE is recomputed by the
     exact log-domain engine (`_ScoreEngine`, streaming), as is every exact column step the driver asks for.
+    The last pass skips its row sums where a bound from the previous pass shows them >= SAFE (they cancel).
     """
 
     fused_cols = True
@@ -327,14 +339,27 @@ class _KernelCacheEngine:
                 col[h].addmv_(blk.t(), rb.reciprocal())
         self.kern, self.m = kern, m
         self._first = (m + r.log2(), col, r, col)
+        # each head's row sums and log2 b of its latest pass: r_i ≥ r_last_i · min_j b_j / b_last_j bounds the
+        # next pass's row sums from below, which lets the last pass skip them (see `_pass`)
+        self.r_last, self.lb_last = r.clone(), q2.new_zeros(G, n_k)
 
-    def _pass(self, kern: Tensor, m: Tensor, g2: Tensor, want_col: bool, vx: Tensor | None):
-        """One pass on the heads of `kern` (a view of the cache). Per head, because torch's batched GEMM
-        with one column is several times slower than `mv` on CPU."""
+    def _pass(self, h0: int, h1: int, g2: Tensor, want_col: bool, vx: Tensor | None, normalized: bool):
+        """One pass on heads h0:h1 of the cache (views: no copy of the kernel). Per head, because torch's
+        batched GEMM with one column is several times slower than `mv` on CPU.
+
+        Without normalisation (the last pass) the row sums r are not computed when the previous pass's bound
+        shows them all >= SAFE: the driver needs only 2^lse · out, in which r cancels (lse and out are
+        returned as if r were 1), so the pass is one GEMM per block."""
+        kern, m = self.kern[h0:h1], self.m[h0:h1]
+        r_last, lb_last = self.r_last[h0:h1], self.lb_last[h0:h1]
         Gs, n_q, n_k = kern.shape
         gmax = g2.amax(dim=-1, keepdim=True)
-        b = (g2 - gmax).exp2_()
-        r = kern.new_empty(Gs, n_q)
+        lb = g2 - gmax
+        b = lb.exp2()
+        skip_rows = not normalized and vx is not None and not want_col
+        if skip_rows:
+            skip_rows = bool((_row_sum_floor(r_last, lb, lb_last) >= self.SAFE).all())
+        r = None if skip_rows else kern.new_empty(Gs, n_q)
         col = kern.new_zeros(Gs, n_k) if want_col else None
         out = None if vx is None else kern.new_empty(Gs, n_q, vx.shape[2])
         bv = None if vx is None else vx * b.unsqueeze(-1)
@@ -342,25 +367,29 @@ class _KernelCacheEngine:
         # L2 (L3 with V, where larger blocks keep the GEMM efficient), and few enough to keep the number of
         # parallel regions low (each costs a fork and a join on every thread)
         rows = max(1, (_CACHED_PASS_BYTES if vx is None else _CACHED_BUILD_BYTES) // (n_k * kern.element_size()))
-        for h in range(Gs):
-            for r0 in range(0, n_q, rows):
-                blk = kern[h, r0 : r0 + rows]
+        for h, r0 in itertools.product(range(Gs), range(0, n_q, rows)):
+            blk = kern[h, r0 : r0 + rows]
+            if r is not None:
                 rb = torch.mv(blk, b[h], out=r[h, r0 : r0 + rows])
                 if col is not None:
                     col[h].addmv_(blk.t(), rb.reciprocal())  # the block is still in cache
-                if out is not None:
-                    torch.mm(blk, bv[h], out=out[h, r0 : r0 + rows])  # so is it here: one read of K per pass
+            if out is not None:
+                torch.mm(blk, bv[h], out=out[h, r0 : r0 + rows])  # so is it here: one read of K per pass
         if col is not None:
             col.mul_(b)
+        if r is None:  # lse − log2 r and r · out (the contract of normalized=False)
+            return m + gmax, col, out, torch.ones(Gs, dtype=torch.bool, device=m.device)
         if out is not None:
             out.div_(r.unsqueeze(-1))
-        lse = m + gmax + r.log2()
+        r_last.copy_(r)
+        lb_last.copy_(lb)
         ok = r.amin(dim=-1) >= self.SAFE
         if col is not None:
             ok &= col.amin(dim=-1) >= self.SAFE
-        return lse, col, out, ok
+        return m + gmax + r.log2(), col, out, ok
 
-    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None,
+                 normalized: bool = True):
         first, self._first = self._first, None
         if first is not None and sel is None and vx is None and not bool(g2.any()):
             lse, col, r, c = first  # the driver's first pass (g = 0) was done while building the kernel
@@ -368,11 +397,10 @@ class _KernelCacheEngine:
             ok = (r.amin(dim=-1) >= self.SAFE) & (c.amin(dim=-1) >= self.SAFE)
             col = col if want_col else None
         elif sel is None:
-            lse, col, out, ok = self._pass(self.kern, self.m, g2, want_col, vx)
+            lse, col, out, ok = self._pass(0, self.kern.shape[0], g2, want_col, vx, normalized)
         else:  # one head at a time on views of the cache: indexing it would copy n_q · n_k per head
             parts = [
-                self._pass(self.kern[h : h + 1], self.m[h : h + 1], g2[j : j + 1], want_col,
-                           None if vx is None else vx[j : j + 1])
+                self._pass(h, h + 1, g2[j : j + 1], want_col, None if vx is None else vx[j : j + 1], normalized)
                 for j, h in enumerate(sel.tolist())
             ]
             lse, col, out, ok = (None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
@@ -430,7 +458,8 @@ class _AttentionOpEngine:
     def _width(*dims: int) -> int:
         return -(-max(dims) // 8) * 8
 
-    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None,
+                 normalized: bool = True):
         qn = self.qn if sel is None else self.qn[sel]
         k = self.k if sel is None else self.k[sel]
         d = qn.shape[2]
@@ -498,9 +527,11 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
             g_new = lb - engine.col_pass(f_new, act)
         last = it == iterations - 1
         vx = _extended_v(take(v), take(k), g_new, want_stats) if last else None
-        lse_new, col_new, o = engine.row_pass(g_new, act, fused and not last, vx)
-        # the marginal error is needed to freeze heads (tol > 0) and for the stats only
-        e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1) if tol > 0 or want_stats else None
+        # the marginal error is needed to freeze heads (tol > 0, before the last pass) and for the stats only;
+        # without it the last pass need not normalise its rows (only 2^lse · out is used below)
+        need_err = want_stats or (tol > 0 and not last)
+        lse_new, col_new, o = engine.row_pass(g_new, act, fused and not last, vx, normalized=need_err)
+        e = (f_new + lse_new - la).exp2_().sub_(1).abs_().amax(dim=-1) if need_err else None
         if act is None:
             f2, g2, lse = f_new, g_new, lse_new
             used += 1
@@ -508,15 +539,16 @@ def _sinkhorn_group(engine, q2: Tensor, k: Tensor, v: Tensor, iterations: int, t
                 col = col_new
             if e is not None:
                 err = e
-            if tol > 0:  # tol=0 never freezes, even a head whose error rounds to exactly 0
-                frozen = e <= tol
+                if tol > 0:  # tol=0 never freezes, even a head whose error rounds to exactly 0
+                    frozen = e <= tol
         else:
             f2[act], g2[act], lse[act] = f_new, g_new, lse_new
             used[act] += 1
             if col_new is not None:
                 col[act] = col_new
-            err[act] = e
-            frozen[act] = e <= tol
+            if e is not None:
+                err[act] = e
+                frozen[act] = e <= tol
         if last:
             out = o if act is None else _scatter_rows(o, act, G)
         elif tol > 0:

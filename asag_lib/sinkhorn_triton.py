@@ -460,7 +460,8 @@ class TritonEngine:
             fused = CHOSEN.get((device_key(q.device), q.dtype), FUSED)
         self.fused_cols = bool(fused)
 
-    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None):
+    def row_pass(self, g2: Tensor, sel: Tensor | None, want_col: bool, vx: Tensor | None,
+                 normalized: bool = True):
         q = self.q if sel is None else self.q[sel]
         k = self.k if sel is None else self.k[sel]
         if want_col and vx is None and self.fused_cols:

@@ -4,7 +4,7 @@
     python bench/kernel.py --quick    # smoke run, small shapes
 
 Time: median of several runs, the implementations interleaved round by round so that a change of machine
-load hits them alike. Memory: each (case, implementation) runs once more in a fresh subprocess, which
+load hits them alike; "× SDPA" is the median over rounds of each round's own ratio to SDPA. Memory: each (case, implementation) runs once more in a fresh subprocess, which
 resets the kernel's peak-RSS counter (/proc/self/clear_refs) after creating its inputs and warming up
 on a small shape; peak extra = peak RSS during the call − RSS before it (Linux only; "n/a" elsewhere).
 Sinkhorn runs use 2 iterations and tol=0 (no early stop), fp32, logits of std ≈ 1. "ours" is the public
@@ -38,7 +38,7 @@ ITERATIONS = 2
 # name, (B, H, N, D), implementations, timing runs
 FULL = [
     ("SDXL mid 1024²", (2, 20, 1024, 64), ("sdpa", "dense", "logdomain", "ours"), 7),
-    ("N=4096", (2, 10, 4096, 64), ("sdpa", "dense", "logdomain", "ours"), 3),
+    ("N=4096", (2, 10, 4096, 64), ("sdpa", "dense", "logdomain", "ours"), 5),
     ("N=16384", (1, 10, 16384, 64), ("sdpa", "ours"), 2),
 ]
 QUICK = [
@@ -90,7 +90,7 @@ def time_case(shape, impls, runs):
             t0 = CLOCK()
             fn(q, k, v)
             times[name].append(CLOCK() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def _status_kib(key):
@@ -164,11 +164,16 @@ def main():
     header = ("case", "B,H,N,D", "impl", "time", "× SDPA", "peak extra mem", "mem ÷ dense", "rel err f64")
     rows = []
     for label, shape, impls, runs in cases:
-        times = time_case(shape, impls, runs)
+        rounds = time_case(shape, impls, runs)
+        times = {name: statistics.median(ts) for name, ts in rounds.items()}
+        # × SDPA: the median over rounds of the ratio within a round (the two ran seconds apart), which a
+        # change of machine speed between rounds leaves alone, unlike a ratio of two medians
+        ratios = {name: statistics.median(t / s for t, s in zip(ts, rounds["sdpa"], strict=True))
+                  for name, ts in rounds.items()}
         mem = {} if args.no_memory else {name: measure_memory(name, shape) for name in impls}
         err = {name: float64_error(shape, name) for name in impls if name in ("ours", "logdomain")}
         for name in impls:
-            ratio = times[name] / times["sdpa"]
+            ratio = ratios[name]
             m = mem.get(name)
             m_ratio = (f"{m / mem['dense']:.3f}" if name in ("ours", "logdomain") and mem.get("dense")
                        and m is not None else "")

@@ -104,6 +104,8 @@ def test_matches_float64_reference(path, shape):
         assert torch.equal(st.iterations_used, r_used)
         torch.testing.assert_close(st.row_entropy.double(), r_ent, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
+        # without stats the last pass may skip its row normalisation (the cached path does): same output
+        assert rel_err(run(q, k, v, path, iterations=iterations, tol=tol), r_out) <= 1e-5, (path, iterations)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -184,6 +186,10 @@ def test_loose_tol_uses_fewer_iterations(path):
     assert (strict.iterations_used == 8).all()
     assert (loose.iterations_used < 8).all()
     assert (loose.marginal_error <= 0.05).all()
+    # without stats the early stop must fire just the same (the error is still computed before the last pass)
+    r_loose, r_strict = reference(q, k, v, iterations=8, tol=0.05)[0], reference(q, k, v, iterations=8, tol=0.0)[0]
+    assert rel_err(r_loose, r_strict) > 1e-3  # stopping early changes the output measurably
+    assert rel_err(run(q, k, v, path, iterations=8, tol=0.05), r_loose) <= 1e-5
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -387,9 +393,11 @@ def test_cached_path_groups_share_one_kernel_buffer(monkeypatch):
         assert rel_err(out[:, h], r_out[:, h]) <= 1e-5, h
 
 
-def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch):
+@pytest.mark.parametrize("stats", [True, False], ids=["stats", "no-stats"])
+def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch, stats):
     """Logits of ±1e4: the cached kernel underflows almost everywhere; those heads must take the exact
-    log-domain row pass (and still match the reference), the ordinary head must not."""
+    log-domain row pass (and still match the reference), the ordinary head must not. Without stats the
+    last pass must not skip the row sums of such a head (their bound from the previous pass is 0)."""
     heads = []
     original = sk._ScoreEngine.row_pass
     monkeypatch.setattr(sk._ScoreEngine, "row_pass",
@@ -400,12 +408,63 @@ def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch):
     q[:, 1] = q[:, 1].sign() * 40.0
     k[:, 1] *= 40.0
     v = torch.randn(1, 2, 40, 32, generator=gen)
-    out, st = run(q, k, v, "cached", iterations=3, tol=0.0, return_stats=True)
+    res = run(q, k, v, "cached", iterations=3, tol=0.0, return_stats=stats)
+    out = res[0] if stats else res
     r_out, _, _, r_used = reference(q, k, v, iterations=3, tol=0.0)
     assert heads and all(h == [1] for h in heads), heads
+    assert len(heads) == 4  # the first pass and all three iterations' row passes, the last one included
     assert rel_err(out[:, :1], r_out[:, :1]) <= 1e-5
     assert rel_err(out, r_out) <= 1e-3  # fp32 rounding of logits of 1e4
-    assert torch.equal(st.iterations_used, r_used)
+    if stats:
+        assert torch.equal(res[1].iterations_used, r_used)
+
+
+def test_cached_last_pass_bounds_its_row_sums_with_the_previous_pass(monkeypatch):
+    """The last (unnormalised) pass takes its bound from the previous pass's row sums and column scaling:
+    both checked against float64 sums written here, and 2^lse · out against the float64 plan."""
+    gen = torch.Generator().manual_seed(14)
+    q2 = torch.randn(2, 20, 16, generator=gen)
+    k = torch.randn(2, 30, 16, generator=gen)
+    g_mid, g_last = 3 * torch.randn(2, 30, generator=gen), 3 * torch.randn(2, 30, generator=gen)
+    vx = torch.randn(2, 30, 8, generator=gen)
+    s2 = q2.double() @ k.double().transpose(1, 2)
+    calls = []
+    floor = sk._row_sum_floor
+    monkeypatch.setattr(sk, "_row_sum_floor", lambda *a: calls.append([x.clone() for x in a]) or floor(*a))
+    engine = sk._KernelCacheEngine(q2, k, 2**20)
+    engine.row_pass(torch.zeros(2, 30), None, True, None)
+    engine.row_pass(g_mid, None, True, None)
+    lse, _, out = engine.row_pass(g_last, None, False, vx, normalized=False)
+    assert len(calls) == 1
+    r_last, lb, lb_last = (x.double() for x in calls[0])
+    mid = g_mid.double() - g_mid.double().amax(-1, keepdim=True)
+    last = g_last.double() - g_last.double().amax(-1, keepdim=True)
+    torch.testing.assert_close(lb_last, mid)
+    torch.testing.assert_close(lb, last)
+    # r_last_i = Σ_j 2^(S2_ij − m_i) 2^mid_j, m_i the engine's row shift (a free per-row constant)
+    expected = (s2 - engine.m.double().unsqueeze(-1) + mid.unsqueeze(1)).exp2().sum(-1)
+    torch.testing.assert_close(r_last, expected, rtol=1e-5, atol=0)
+    plan_v = ((s2 + g_last.double().unsqueeze(1)).exp2() @ vx.double())
+    assert rel_err(lse.double().exp2().unsqueeze(-1) * out.double(), plan_v) <= 1e-5
+
+
+def test_row_sum_floor_bounds_the_next_passes_row_sums():
+    """The bound that lets the cached path's last pass skip its row sums, checked in float64 against the
+    row sums themselves, for kernels whose rows, and column scalings whose ratios, span many octaves."""
+    gen = torch.Generator().manual_seed(12)
+    for trial in range(20):
+        kern = torch.rand(3, 30, 40, generator=gen, dtype=torch.float64) ** 8
+        kern *= 2.0 ** torch.randint(-40, 5, (3, 30, 1), generator=gen)
+        lb_last = -20 * torch.rand(3, 40, generator=gen, dtype=torch.float64)
+        if trial % 2:  # independent scalings: a loose bound
+            lb, spread = -20 * torch.rand(3, 40, generator=gen, dtype=torch.float64), 40.0
+        else:  # the new scaling close to the old one shifted down by 3 octaves (as late iterations are)
+            lb, spread = lb_last - 3 + 0.1 * torch.rand(3, 40, generator=gen, dtype=torch.float64), 0.1
+        r_last = (kern * lb_last.exp2().unsqueeze(1)).sum(-1)
+        r = (kern * lb.exp2().unsqueeze(1)).sum(-1)
+        floor = sk._row_sum_floor(r_last.float(), lb.float(), lb_last.float()).double()
+        assert (floor <= r.amin(-1) * (1 + 1e-5)).all()
+        assert (floor >= r.amin(-1) * 2.0 ** -(spread + 1e-3)).all()  # not vacuous: within the ratios' span
 
 
 def test_cached_path_row_shift_absorbs_a_large_common_offset(monkeypatch):

@@ -419,22 +419,27 @@ def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch, stats):
         assert torch.equal(res[1].iterations_used, r_used)
 
 
-def test_cached_last_pass_bounds_its_row_sums_with_the_previous_pass(monkeypatch):
+@pytest.mark.parametrize("heads", [None, [1]], ids=["all-heads", "one-head"])
+def test_cached_last_pass_bounds_its_row_sums_with_the_previous_pass(monkeypatch, heads):
     """The last (unnormalised) pass takes its bound from the previous pass's row sums and column scaling:
-    both checked against float64 sums written here, and 2^lse · out against the float64 plan."""
+    both checked against float64 sums written here, and 2^lse · out against the float64 plan. "one-head":
+    the middle and last passes run for head 1 only (the others frozen by an early stop)."""
     gen = torch.Generator().manual_seed(14)
-    q2 = torch.randn(2, 20, 16, generator=gen)
-    k = torch.randn(2, 30, 16, generator=gen)
-    g_mid, g_last = 3 * torch.randn(2, 30, generator=gen), 3 * torch.randn(2, 30, generator=gen)
-    vx = torch.randn(2, 30, 8, generator=gen)
+    q2 = torch.randn(3, 20, 16, generator=gen)
+    k = torch.randn(3, 30, 16, generator=gen)
+    g_mid, g_last = 3 * torch.randn(3, 30, generator=gen), 3 * torch.randn(3, 30, generator=gen)
+    vx = torch.randn(3, 30, 8, generator=gen)
     s2 = q2.double() @ k.double().transpose(1, 2)
     calls = []
     floor = sk._row_sum_floor
     monkeypatch.setattr(sk, "_row_sum_floor", lambda *a: calls.append([x.clone() for x in a]) or floor(*a))
     engine = sk._KernelCacheEngine(q2, k, 2**20)
-    engine.row_pass(torch.zeros(2, 30), None, True, None)
-    engine.row_pass(g_mid, None, True, None)
-    lse, _, out = engine.row_pass(g_last, None, False, vx, normalized=False)
+    engine.row_pass(torch.zeros(3, 30), None, True, None)
+    sel = None if heads is None else torch.tensor(heads)
+    pick = slice(None) if heads is None else heads
+    g_mid, g_last, vx, s2 = g_mid[pick], g_last[pick], vx[pick], s2[pick]
+    engine.row_pass(g_mid, sel, True, None)
+    lse, _, out = engine.row_pass(g_last, sel, False, vx, normalized=False)
     assert len(calls) == 1
     r_last, lb, lb_last = (x.double() for x in calls[0])
     mid = g_mid.double() - g_mid.double().amax(-1, keepdim=True)
@@ -442,10 +447,49 @@ def test_cached_last_pass_bounds_its_row_sums_with_the_previous_pass(monkeypatch
     torch.testing.assert_close(lb_last, mid)
     torch.testing.assert_close(lb, last)
     # r_last_i = Σ_j 2^(S2_ij − m_i) 2^mid_j, m_i the engine's row shift (a free per-row constant)
-    expected = (s2 - engine.m.double().unsqueeze(-1) + mid.unsqueeze(1)).exp2().sum(-1)
+    expected = (s2 - engine.m[pick].double().unsqueeze(-1) + mid.unsqueeze(1)).exp2().sum(-1)
     torch.testing.assert_close(r_last, expected, rtol=1e-5, atol=0)
-    plan_v = ((s2 + g_last.double().unsqueeze(1)).exp2() @ vx.double())
+    plan_v = (s2 + g_last.double().unsqueeze(1)).exp2() @ vx.double()
     assert rel_err(lse.double().exp2().unsqueeze(-1) * out.double(), plan_v) <= 1e-5
+
+
+def test_cached_low_heads_flags_small_and_nan_sums():
+    """The cached engine's check that sends a head to the exact engine: a sum below SAFE or a NaN."""
+    engine = sk._KernelCacheEngine(torch.randn(3, 4, 8), torch.randn(3, 5, 8), 2**20)
+    r, col = torch.ones(3, 4), torch.ones(3, 5)
+    assert engine._low_heads(r, col) is None
+    r[1, 2] = float("nan")
+    col[2, 0] = engine.SAFE / 2
+    assert engine._low_heads(r, col).tolist() == [False, True, True]
+    assert engine._low_heads(col, r).tolist() == [False, True, True]
+
+
+def test_driver_sends_a_nan_or_empty_column_to_the_exact_column_step():
+    """Fused column sums that are NaN or below ~1e-30 for a head: the driver must recompute that head's
+    column step exactly (col_pass) and leave the other heads' fused steps alone."""
+
+    class Stub:
+        fused_cols = True
+
+        def __init__(self):
+            self.asked = []
+
+        def row_pass(self, g2, sel, want_col, vx, normalized=True):
+            G = g2.shape[0]
+            col = torch.ones(G, 6)
+            col[1, 3] = float("nan")
+            col[2, 0] = 1e-35
+            out = None if vx is None else torch.zeros(G, 4, vx.shape[2])
+            return torch.zeros(G, 4), (col if want_col else None), out
+
+        def col_pass(self, f2, sel):
+            self.asked.append(sel.tolist())
+            return torch.zeros(f2.shape[0], 6)
+
+    engine = Stub()
+    sk._sinkhorn_group(engine, torch.zeros(3, 4, 2), torch.zeros(3, 6, 2), torch.zeros(3, 6, 2),
+                       iterations=2, tol=0.0, want_stats=False)
+    assert engine.asked == [[1, 2], [1, 2]]
 
 
 def test_row_sum_floor_bounds_the_next_passes_row_sums():

@@ -45,10 +45,12 @@ Design choices, and why:
   with halved blocks and one stage (`_shrinking`), so no GPU model is assumed.
 * Language features: `tl.dot` (with `allow_tf32`), `tl.math.exp2`, `tl.math.log2` (Triton 2.1 has no
   `tl.exp2`), `tl.max`/`tl.sum` (along either axis), `tl.maximum`, `tl.where`, `tl.zeros`, masked loads and
-  stores, `tl.program_id`, `range` loops with runtime bounds, constexpr `if`, the `num_stages` launch option:
+  stores, `tl.program_id`, `range` loops with runtime bounds, constexpr `if`, jit helpers called from the
+  kernels (`_load_rows`, `_key_scores`, `_row_lse`: inlined), the `num_stages` launch option:
   all present in Triton 2.1 (the fused variant added `tl.where`, column-axis reductions and [BLOCK, 1]
   row-state tensors). Two Triton 2.1 compiler limits shape the code: a kernel's names are looked up in its
-  module's globals only (so `tl` is made a module global by `_build`), and its layout pass rejects 1-D
+  module's globals only (so `tl` and the helpers are made module globals by `_build`), and its layout
+  pass rejects 1-D
   loop-carried row vectors in a kernel without a second dot ("cmpf requires the same encoding"), so the
   LSE-only kernels keep them as [BLOCK, 1] columns while `out_kernel` keeps the 1-D flash-attention form
   (which 2.1 compiles there, and the column form it does not). Triton 2.1 aborts the process compiling
@@ -136,10 +138,46 @@ def _next_pow2(n: int, floor: int = 16) -> int:
 def _build():
     """Defines the jit kernels (imports triton). Separate so that the module imports without triton."""
     # Triton 2.1's code generator looks the names a kernel uses up in its module's globals only (not in
-    # this function's locals): `tl` must be a module global when the kernels compile
-    global tl
+    # this function's locals): `tl` and the jit helpers the kernels call must be module globals
+    global tl, _load_rows, _key_scores, _row_lse
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def _load_rows(A, rows, row_ok, dims, d, s_an, UPCAST: tl.constexpr):
+        """The [rows, dims] block of one head's A (masked; widened to fp32 where UPCAST)."""
+        x = tl.load(A + rows[:, None] * s_an + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < d),
+                    other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _key_scores(a, B, cols, col_ok, dims, d, c, s_bn, TF32: tl.constexpr, UPCAST: tl.constexpr):
+        """c · a Bᵀ for the key block `cols` of one head's B (loaded transposed: [dims, cols])."""
+        bt = tl.load(B + cols[None, :] * s_bn + dims[:, None], mask=col_ok[None, :] & (dims[:, None] < d),
+                     other=0.0)
+        if UPCAST:
+            bt = bt.to(tl.float32)
+        return tl.dot(a, bt, allow_tf32=TF32) * c
+
+    @triton.jit
+    def _row_lse(a, B, BIAS, n_b, dims, d, c, s_bn, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                 TF32: tl.constexpr, UPCAST: tl.constexpr):
+        """LSE2_j(c · a_i · b_j + bias_j) as a [BLOCK_A, 1] column, online over the key blocks. Row state as
+        [BLOCK_A, 1]: with 1-D row vectors here (and no second dot) Triton 2.1's layout pass fails ("cmpf
+        requires the same encoding for all operands")."""
+        m = tl.zeros([BLOCK_A, 1], dtype=tl.float32) - float("inf")  # running row max (base 2)
+        z = tl.zeros([BLOCK_A, 1], dtype=tl.float32)  # running Σ 2^(s − m)
+        for b0 in range(0, n_b, BLOCK_B):
+            cols = b0 + tl.arange(0, BLOCK_B)
+            col_ok = cols < n_b
+            bias = tl.load(BIAS + cols, mask=col_ok, other=float("-inf"))
+            s = _key_scores(a, B, cols, col_ok, dims, d, c, s_bn, TF32, UPCAST) + bias[None, :]
+            m_new = tl.maximum(m, tl.max(s, 1)[:, None])  # finite: every block has a valid column
+            z = z * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new), 1)[:, None]
+            m = m_new
+        return m + tl.math.log2(z)
 
     @triton.jit
     def lse_kernel(
@@ -155,27 +193,9 @@ def _build():
         rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < n_a
-        a = tl.load(A + g * s_ag + rows[:, None] * s_an + dims[None, :],
-                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-        # running row max (base 2) and Σ 2^(s − m) as [BLOCK_A, 1] columns: with 1-D row vectors here (and
-        # no second dot) Triton 2.1's layout pass fails ("cmpf requires the same encoding for all operands")
-        m = tl.zeros([BLOCK_A, 1], dtype=tl.float32) - float("inf")
-        z = tl.zeros([BLOCK_A, 1], dtype=tl.float32)
-        for b0 in range(0, n_b, BLOCK_B):
-            cols = b0 + tl.arange(0, BLOCK_B)
-            col_ok = cols < n_b
-            bt = tl.load(B + g * s_bg + cols[None, :] * s_bn + dims[:, None],
-                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
-            if UPCAST:
-                bt = bt.to(tl.float32)
-            bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
-            s = tl.dot(a, bt, allow_tf32=TF32) * c + bias[None, :]
-            m_new = tl.maximum(m, tl.max(s, 1)[:, None])  # finite: every block has a valid column
-            z = z * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new), 1)[:, None]
-            m = m_new
-        tl.store(LSE + g * s_lseg + rows[:, None], m + tl.math.log2(z), mask=row_ok[:, None])
+        a = _load_rows(A + g * s_ag, rows, row_ok, dims, d, s_an, UPCAST)
+        lse = _row_lse(a, B + g * s_bg, BIAS + g * s_biasg, n_b, dims, d, c, s_bn, BLOCK_A, BLOCK_B, TF32, UPCAST)
+        tl.store(LSE + g * s_lseg + rows[:, None], lse, mask=row_ok[:, None])
 
     @triton.jit
     def out_kernel(
@@ -186,16 +206,13 @@ def _build():
         HAS_V: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
         # LSE and softmax · V (flash-attention recurrence); 1-D row vectors, which Triton 2.1 compiles here
-        # (and the [BLOCK_A, 1] form of lse_kernel it does not)
+        # (and the [BLOCK_A, 1] form of _row_lse it does not)
         pid = tl.program_id(0)
         g = tl.program_id(1)
         rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < n_a
-        a = tl.load(A + g * s_ag + rows[:, None] * s_an + dims[None, :],
-                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
+        a = _load_rows(A + g * s_ag, rows, row_ok, dims, d, s_an, UPCAST)
         m = tl.zeros([BLOCK_A], dtype=tl.float32) - float("inf")  # running row max (base 2)
         z = tl.zeros([BLOCK_A], dtype=tl.float32)  # running Σ 2^(s − m)
         dvs = tl.arange(0, BLOCK_DV)
@@ -203,20 +220,13 @@ def _build():
         for b0 in range(0, n_b, BLOCK_B):
             cols = b0 + tl.arange(0, BLOCK_B)
             col_ok = cols < n_b
-            bt = tl.load(B + g * s_bg + cols[None, :] * s_bn + dims[:, None],
-                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
-            if UPCAST:
-                bt = bt.to(tl.float32)
             bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
-            s = tl.dot(a, bt, allow_tf32=TF32) * c + bias[None, :]
+            s = _key_scores(a, B + g * s_bg, cols, col_ok, dims, d, c, s_bn, TF32, UPCAST) + bias[None, :]
             m_new = tl.maximum(m, tl.max(s, 1))  # finite: every block has at least one valid column
             alpha = tl.math.exp2(m - m_new)
             p = tl.math.exp2(s - m_new[:, None])
             z = z * alpha + tl.sum(p, 1)
-            vb = tl.load(V + g * s_vg + cols[:, None] * s_vn + dvs[None, :],
-                         mask=col_ok[:, None] & (dvs[None, :] < dv), other=0.0)
-            if UPCAST:
-                vb = vb.to(tl.float32)
+            vb = _load_rows(V + g * s_vg, cols, col_ok, dvs, dv, s_vn, UPCAST)
             acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, allow_tf32=TF32)
             m = m_new
         tl.store(LSE + g * s_lseg + rows, m + tl.math.log2(z), mask=row_ok)
@@ -236,26 +246,9 @@ def _build():
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
         row_ok = rows < n_q
-        q = tl.load(Q + g * s_qg + rows[:, None] * s_qn + dims[None, :],
-                    mask=row_ok[:, None] & (dims[None, :] < d), other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-        # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks ([BLOCK_M, 1]: see lse_kernel)
-        m = tl.zeros([BLOCK_M, 1], dtype=tl.float32) - float("inf")
-        z = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
-        for b0 in range(0, n_k, BLOCK_N):
-            cols = b0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < n_k
-            kt = tl.load(K + g * s_kg + cols[None, :] * s_kn + dims[:, None],
-                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
-            if UPCAST:
-                kt = kt.to(tl.float32)
-            bias = tl.load(BIAS + g * s_biasg + cols, mask=col_ok, other=float("-inf"))
-            s = tl.dot(q, kt, allow_tf32=TF32) * c + bias[None, :]
-            m_new = tl.maximum(m, tl.max(s, 1)[:, None])  # finite: every block has a valid column
-            z = z * tl.math.exp2(m - m_new) + tl.sum(tl.math.exp2(s - m_new), 1)[:, None]
-            m = m_new
-        lse = m + tl.math.log2(z)
+        q = _load_rows(Q + g * s_qg, rows, row_ok, dims, d, s_qn, UPCAST)
+        # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks
+        lse = _row_lse(q, K + g * s_kg, BIAS + g * s_biasg, n_k, dims, d, c, s_kn, BLOCK_M, BLOCK_N, TF32, UPCAST)
         tl.store(LSE + g * s_lseg + rows[:, None], lse, mask=row_ok[:, None])
         # sweep 2: with these final row potentials, the column LSE of the row-normalised plan over this
         # block's rows, part_j = LSE2_i(S2_ij − lse_i); padded rows weigh 2^-inf = 0
@@ -263,11 +256,7 @@ def _build():
         for b0 in range(0, n_k, BLOCK_N):
             cols = b0 + tl.arange(0, BLOCK_N)
             col_ok = cols < n_k
-            kt = tl.load(K + g * s_kg + cols[None, :] * s_kn + dims[:, None],
-                         mask=col_ok[None, :] & (dims[:, None] < d), other=0.0)
-            if UPCAST:
-                kt = kt.to(tl.float32)
-            x = tl.dot(q, kt, allow_tf32=TF32) * c + neg
+            x = _key_scores(q, K + g * s_kg, cols, col_ok, dims, d, c, s_kn, TF32, UPCAST) + neg
             mx = tl.max(x, 0)  # finite: every program has at least one valid row
             part = mx + tl.math.log2(tl.sum(tl.math.exp2(x - mx[None, :]), 0))
             tl.store(PART + g * s_pg + pid * s_pr + cols, part, mask=col_ok)

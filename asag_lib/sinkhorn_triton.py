@@ -181,13 +181,12 @@ def _build():
 
     @triton.jit
     def lse_kernel(
-        A, B, BIAS, LSE, V, OUT,
-        n_a, n_b, d, dv, c,
-        s_ag, s_an, s_bg, s_bn, s_biasg, s_lseg, s_vg, s_vn, s_og, s_on,
-        BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_V: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+        A, B, BIAS, LSE,
+        n_a, n_b, d, c,
+        s_ag, s_an, s_bg, s_bn, s_biasg, s_lseg,
+        BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+        TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        # LSE only (V, OUT, dv and their strides are unused: one signature with out_kernel)
         pid = tl.program_id(0)
         g = tl.program_id(1)
         rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -199,11 +198,12 @@ def _build():
 
     @triton.jit
     def out_kernel(
-        A, B, BIAS, LSE, V, OUT,
-        n_a, n_b, d, dv, c,
-        s_ag, s_an, s_bg, s_bn, s_biasg, s_lseg, s_vg, s_vn, s_og, s_on,
+        A, B, BIAS, LSE,
+        n_a, n_b, d, c,
+        s_ag, s_an, s_bg, s_bn, s_biasg, s_lseg,
+        V, OUT, dv, s_vg, s_vn, s_og, s_on,  # lse_kernel's arguments, then V's and OUT's
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_V: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+        TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
         # LSE and softmax · V (flash-attention recurrence); 1-D row vectors, which Triton 2.1 compiles here
         # (and the [BLOCK_A, 1] form of _row_lse it does not)
@@ -354,29 +354,28 @@ def lse_pass(a: Tensor, b: Tensor, bias: Tensor, c: float, v: Tensor | None = No
     G, n_a, d = a.shape
     n_b = b.shape[1]
     lse = torch.empty(G, n_a, dtype=torch.float32, device=a.device)
-    if v is not None:
+    block_d = _next_pow2(d)
+    args = (a, b, bias, lse, n_a, n_b, d, float(c),
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0))
+    if v is None:
+        out, kernel, v_consts = None, _kernel("lse"), {}
+        da, db, stages = _config(block_d, 16, b.element_size(), 0)
+    else:
         v = v.contiguous()
         dv = v.shape[2]
         out = torch.empty(G, n_a, dv, dtype=torch.float32, device=a.device)
-    else:  # the kernel still takes pointers; these are never read or written
-        dv, v, out = 1, lse, lse
-    has_v = v is not lse
-    block_d, block_dv = _next_pow2(d), (_next_pow2(dv) if has_v else 16)
-    da, db, stages = _config(block_d, block_dv, b.element_size(), v.element_size() if has_v else 0)
-    kernel = _kernel("out" if has_v else "lse")
+        kernel, v_consts = _kernel("out"), {"BLOCK_DV": _next_pow2(dv)}
+        args += (v, out, dv, v.stride(0), v.stride(1), out.stride(0), out.stride(1))
+        da, db, stages = _config(block_d, v_consts["BLOCK_DV"], b.element_size(), v.element_size())
 
     def launch(block_a, block_b, stages):
         kernel[(-(-n_a // block_a), G)](
-            a, b, bias, lse, v, out,
-            n_a, n_b, d, dv, float(c),
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias.stride(0), lse.stride(0),
-            v.stride(0), v.stride(1) if v.dim() > 2 else 0, out.stride(0), out.stride(1) if out.dim() > 2 else 0,
-            BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_DV=block_dv,
-            HAS_V=has_v, TF32=False, UPCAST=_interpreter_upcast(a.dtype), **_stages(stages),
+            *args, BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_D=block_d, TF32=False,
+            UPCAST=_interpreter_upcast(a.dtype), **v_consts, **_stages(stages),
         )
 
     _shrinking(launch, block_a or da, block_b or db, stages)
-    return lse, (out if has_v else None)
+    return lse, out
 
 
 #: Keys per program of the column reduction.

@@ -29,7 +29,7 @@ from asag_lib import sinkhorn_triton as tri
 ESIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
 #: Pointer and scalar argument types, in order, of each kernel (constexprs excluded).
 _SCALARS = {"fused": ["i32", "i32", "i32", "fp32"] + ["i32"] * 8,
-            "lse": ["i32", "i32", "i32", "i32", "fp32"] + ["i32"] * 10}
+            "lse": ["i32", "i32", "i32", "fp32"] + ["i32"] * 6}
 
 
 def configs(quick: bool = False):
@@ -44,13 +44,15 @@ def configs(quick: bool = False):
             yield (f"fused {dt} d={d}", "fused", [ptr, ptr, "*fp32", "*fp32", "*fp32"] + _SCALARS["fused"],
                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, TF32=False, UPCAST=False), st)
             ba, bb, st = tri._config(bd, 16, ESIZE[dt], 0)
-            yield (f"lse {dt} d={d}", "lse", [ptr, ptr, "*fp32", "*fp32", "*fp32", "*fp32"] + _SCALARS["lse"],
-                   dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_D=bd, BLOCK_DV=16, HAS_V=False, TF32=False, UPCAST=False), st)
+            lse_types = [ptr, ptr, "*fp32", "*fp32"] + _SCALARS["lse"]
+            yield (f"lse {dt} d={d}", "lse", lse_types,
+                   dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_D=bd, TF32=False, UPCAST=False), st)
             for vdt, dv, what in ((dt, d, "out"), ("fp32", 2 * d + 1, "out+stats")):
                 bdv = tri._next_pow2(dv)
                 ba, bb, st = tri._config(bd, bdv, ESIZE[dt], ESIZE[vdt])
-                yield (f"{what} {dt} d={d}", "out", [ptr, ptr, "*fp32", "*fp32", "*" + vdt, "*fp32"] + _SCALARS["lse"],
-                       dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_D=bd, BLOCK_DV=bdv, HAS_V=True, TF32=False, UPCAST=False), st)
+                # out_kernel: lse_kernel's arguments, then V, OUT, dv and their four strides
+                yield (f"{what} {dt} d={d}", "out", lse_types + ["*" + vdt, "*fp32"] + ["i32"] * 5,
+                       dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_D=bd, BLOCK_DV=bdv, TF32=False, UPCAST=False), st)
     yield ("col_reduce", "reduce", ["*fp32", "*fp32", "i32", "i32", "i32", "i32", "i32"], dict(BLOCK=128), None)
 
 

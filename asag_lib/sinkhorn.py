@@ -338,7 +338,7 @@ class _KernelCacheEngine:
                 rb = torch.sum(blk, dim=-1, out=r[h, r0 : r0 + rows])
                 col[h].addmv_(blk.t(), rb.reciprocal())
         self.kern, self.m = kern, m
-        self._first = (m + r.log2(), col, r, col)
+        self._first = (m + r.log2(), r, col)
         # each head's row sums and log2 b of its latest pass: r_i ≥ r_last_i · min_j b_j / b_last_j bounds the
         # next pass's row sums from below, which lets the last pass skip them (see `_pass`)
         self.r_last, self.lb_last = r, q2.new_zeros(G, n_k)
@@ -398,10 +398,10 @@ class _KernelCacheEngine:
                  normalized: bool = True):
         first, self._first = self._first, None
         if first is not None and sel is None and vx is None and not bool(g2.any()):
-            lse, col, r, c = first  # the driver's first pass (g = 0) was done while building the kernel
+            lse, r, c = first  # the driver's first pass (g = 0) was done while building the kernel
             out = None
             low = self._low_heads(r, c)
-            col = col if want_col else None
+            col = c if want_col else None
         elif sel is None:
             lse, col, out, low, r, lb = self._pass(self.kern, self.m, self.r_last, self.lb_last, g2, want_col, vx,
                                                    normalized)
@@ -417,9 +417,8 @@ class _KernelCacheEngine:
                     self.r_last[h], self.lb_last[h] = part[4][0], part[5][0]
                 parts.append(part[:4])
             lse, col, out, _ = (None if x[0] is None else torch.cat(x) for x in zip(*parts, strict=True))
-            lows = [part[3] for part in parts]
-            low = None if all(x is None for x in lows) else torch.cat(
-                [torch.zeros(1, dtype=torch.bool, device=g2.device) if x is None else x for x in lows])
+            # one head per part: its `low` is None exactly when that head is fine
+            low = torch.tensor([part[3] is not None for part in parts], device=g2.device)
         if low is not None and bool(low.any()):  # rare (extreme logits): those heads take the exact log-domain pass
             bad = low.nonzero().squeeze(1)
             heads = bad if sel is None else sel[bad]

@@ -511,6 +511,28 @@ def test_row_sum_floor_bounds_the_next_passes_row_sums():
         assert (floor >= r.amin(-1) * 2.0 ** -(spread + 1e-3)).all()  # not vacuous: within the ratios' span
 
 
+def test_cached_path_sends_an_extreme_head_to_the_exact_engine_after_others_froze(monkeypatch):
+    """Head 0 (near-zero logits) freezes after one iteration; head 1 (logits of ±1e4) keeps iterating alone
+    (the engine's one-head path) and must still take the exact row pass there, as in the all-heads path."""
+    heads = []
+    original = sk._ScoreEngine.row_pass
+    monkeypatch.setattr(sk._ScoreEngine, "row_pass",
+                        lambda self, g2, sel, *a: heads.append(sel.tolist()) or original(self, g2, sel, *a))
+    gen = torch.Generator().manual_seed(15)
+    q = torch.randn(1, 2, 48, 64, generator=gen)
+    k = torch.randn(1, 2, 40, 64, generator=gen)
+    q[:, 0] *= 1e-3
+    q[:, 1] = q[:, 1].sign() * 40.0
+    k[:, 1] *= 40.0
+    v = torch.randn(1, 2, 40, 32, generator=gen)
+    out, st = run(q, k, v, "cached", iterations=4, tol=1e-3, return_stats=True)
+    r_out, _, _, r_used = reference(q, k, v, iterations=4, tol=1e-3)
+    assert r_used.tolist() == [[1, 4]] and torch.equal(st.iterations_used, r_used)
+    assert heads and all(h == [1] for h in heads) and len(heads) == 5  # first pass and 4 iterations
+    assert rel_err(out[:, :1], r_out[:, :1]) <= 1e-5
+    assert rel_err(out, r_out) <= 1e-3  # fp32 rounding of logits of 1e4
+
+
 def test_cached_path_row_shift_absorbs_a_large_common_offset(monkeypatch):
     """Every logit ≈ +140 nats (2^200 overflows fp32): the row-max shift must absorb it, with no detour
     through the exact engine, and the plan is unchanged by a common offset."""

@@ -120,7 +120,7 @@ def _probe_triton(device: torch.device, q: Tensor, k: Tensor, v: Tensor, ref: Te
     """
     from asag_lib import sinkhorn_triton
 
-    key = (_key(device, q.dtype)[0], q.dtype)
+    key = _key(device, q.dtype)
     reasons = {}
     for fused in (True, False):
         sinkhorn_triton.CHOSEN[key] = fused
@@ -183,9 +183,12 @@ def choose(device: torch.device, dtype: torch.dtype, *, timing: bool = True,
 def reject(device: torch.device, dtype: torch.dtype, path: str, exc: BaseException,
            say: Callable[[str], None] = _say) -> str:
     """Drops `path` for this key after it failed on a real problem; returns the next path to use."""
+    from asag_lib import sinkhorn_triton
+
     key = _key(device, dtype)
     paths = _DECISIONS.setdefault(key, list(CANDIDATES))
-    if path == "triton" and _fused_failed(key, exc):
+    if path == "triton" and isinstance(exc, sinkhorn_triton.FusedKernelError):
+        sinkhorn_triton.CHOSEN[key] = False  # this key's Triton engine uses the 2k + 1 variant from now on
         say(f"Sinkhorn kernel on {key[0]}: the fused Triton kernel failed ({str(exc).splitlines()[0][:120]}); "
             "using its 2k+1 variant from now on")
         return path
@@ -194,16 +197,6 @@ def reject(device: torch.device, dtype: torch.dtype, path: str, exc: BaseExcepti
         say(f"Sinkhorn kernel on {key[0]}: {path} failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); using {paths[0]} from now on")
     return paths[0]
-
-
-def _fused_failed(key: tuple[str, torch.dtype], exc: BaseException) -> bool:
-    """Whether `exc` came from the fused Triton kernel; if so, the key switches to the 2k + 1 variant."""
-    from asag_lib import sinkhorn_triton
-
-    if not isinstance(exc, sinkhorn_triton.FusedKernelError):
-        return False
-    sinkhorn_triton.CHOSEN[key] = False
-    return True
 
 
 def forget() -> None:

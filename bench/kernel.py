@@ -8,8 +8,9 @@ Time: median of several runs, the implementations interleaved round by round so 
 load hits them alike; "× SDPA" is the median over rounds of each round's own ratio to SDPA. The ratio
 also varies from process to process (by ±7 % on the 2-core VM); `--runs K` gives the median of K fresh
 processes, as the targets of issue 12 are stated. Memory: each (case, implementation) runs once more in a
-fresh subprocess, which resets the kernel's peak-RSS counter (/proc/self/clear_refs) after creating its inputs and warming up
-on a small shape; peak extra = peak RSS during the call − RSS before it (Linux only; "n/a" elsewhere).
+fresh subprocess, which resets the kernel's peak-RSS counter (/proc/self/clear_refs) after creating its
+inputs and warming up on a small shape; peak extra = peak RSS during the call − RSS before it (Linux only;
+"n/a" elsewhere).
 Sinkhorn runs use 2 iterations and tol=0 (no early stop), fp32, logits of std ≈ 1. "ours" is the public
 function (on CPU the cached linear-domain path where a head's kernel fits in half the memory budget);
 "logdomain" forces the previous engines (the dense path's kept scores at N ≤ 1024, the streaming chunked

@@ -393,21 +393,32 @@ def test_cached_path_groups_share_one_kernel_buffer(monkeypatch):
         assert rel_err(out[:, h], r_out[:, h]) <= 1e-5, h
 
 
+def spy_exact_row_passes(monkeypatch) -> list:
+    """The heads (`sel`) of every row pass the exact log-domain engine runs, in order."""
+    heads = []
+    original = sk._ScoreEngine.row_pass
+    monkeypatch.setattr(sk._ScoreEngine, "row_pass",
+                        lambda self, g2, sel, *a: heads.append(sel.tolist()) or original(self, g2, sel, *a))
+    return heads
+
+
+def extreme_head_qkv(seed: int):
+    """Two heads; head 1 has logits of ±1e4, so the cached kernel underflows almost everywhere in it."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 2, 48, 64, generator=gen)
+    k = torch.randn(1, 2, 40, 64, generator=gen)
+    q[:, 1] = q[:, 1].sign() * 40.0
+    k[:, 1] *= 40.0
+    return q, k, torch.randn(1, 2, 40, 32, generator=gen)
+
+
 @pytest.mark.parametrize("stats", [True, False], ids=["stats", "no-stats"])
 def test_cached_path_hands_tiny_sums_to_the_exact_engine(monkeypatch, stats):
     """Logits of ±1e4: the cached kernel underflows almost everywhere; those heads must take the exact
     log-domain row pass (and still match the reference), the ordinary head must not. Without stats the
     last pass must not skip the row sums of such a head (their bound from the previous pass is 0)."""
-    heads = []
-    original = sk._ScoreEngine.row_pass
-    monkeypatch.setattr(sk._ScoreEngine, "row_pass",
-                        lambda self, g2, sel, *a: heads.append(sel.tolist()) or original(self, g2, sel, *a))
-    gen = torch.Generator().manual_seed(9)
-    q = torch.randn(1, 2, 48, 64, generator=gen)
-    k = torch.randn(1, 2, 40, 64, generator=gen)
-    q[:, 1] = q[:, 1].sign() * 40.0
-    k[:, 1] *= 40.0
-    v = torch.randn(1, 2, 40, 32, generator=gen)
+    heads = spy_exact_row_passes(monkeypatch)
+    q, k, v = extreme_head_qkv(9)
     res = run(q, k, v, "cached", iterations=3, tol=0.0, return_stats=stats)
     out = res[0] if stats else res
     r_out, _, _, r_used = reference(q, k, v, iterations=3, tol=0.0)
@@ -514,17 +525,9 @@ def test_row_sum_floor_bounds_the_next_passes_row_sums():
 def test_cached_path_sends_an_extreme_head_to_the_exact_engine_after_others_froze(monkeypatch):
     """Head 0 (near-zero logits) freezes after one iteration; head 1 (logits of ±1e4) keeps iterating alone
     (the engine's one-head path) and must still take the exact row pass there, as in the all-heads path."""
-    heads = []
-    original = sk._ScoreEngine.row_pass
-    monkeypatch.setattr(sk._ScoreEngine, "row_pass",
-                        lambda self, g2, sel, *a: heads.append(sel.tolist()) or original(self, g2, sel, *a))
-    gen = torch.Generator().manual_seed(15)
-    q = torch.randn(1, 2, 48, 64, generator=gen)
-    k = torch.randn(1, 2, 40, 64, generator=gen)
+    heads = spy_exact_row_passes(monkeypatch)
+    q, k, v = extreme_head_qkv(15)
     q[:, 0] *= 1e-3
-    q[:, 1] = q[:, 1].sign() * 40.0
-    k[:, 1] *= 40.0
-    v = torch.randn(1, 2, 40, 32, generator=gen)
     out, st = run(q, k, v, "cached", iterations=4, tol=1e-3, return_stats=True)
     r_out, _, _, r_used = reference(q, k, v, iterations=4, tol=1e-3)
     assert r_used.tolist() == [[1, 4]] and torch.equal(st.iterations_used, r_used)

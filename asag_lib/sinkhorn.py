@@ -658,7 +658,10 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
             return _sinkhorn_attention_fp32(q, k, v, path=path, **kw)
         budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget_bytes is None else memory_budget_bytes
         path = _choose_path(q.device, _compute_dtype(q.dtype), q.shape[2], k.shape[2], budget, q.dtype)
-        while True:
+        failures, last = [], None
+        # each failure drops a path (or the fused Triton variant), so a few attempts always reach "chunked";
+        # bounded all the same: a path that is not dropped must raise, not retry forever
+        for _ in range(len(PATHS)):
             try:
                 return _sinkhorn_attention_fp32(q, k, v, path=path, **kw)
             except torch.cuda.OutOfMemoryError:
@@ -668,7 +671,11 @@ def _sinkhorn_attention(q, k, v, *, iterations, tol, scale, rescale, return_stat
                     raise
                 from asag_lib import kernel_probe
 
+                failures.append(f"{path}: {type(exc).__name__}")
+                last = exc
                 path = kernel_probe.reject(q.device, q.dtype, path, exc)
+        tried = "; ".join(dict.fromkeys(failures))
+        raise RuntimeError(f"sinkhorn_attention: every Sinkhorn path failed on {q.device} ({tried})") from last
 
 
 def _sinkhorn_attention_fp32(q, k, v, *, iterations, tol, scale, rescale, return_stats, memory_budget_bytes, path):

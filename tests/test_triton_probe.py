@@ -141,6 +141,28 @@ def test_other_devices_never_probe(monkeypatch):
     assert sk._choose_path(torch.device("mps"), torch.float32, 64, 64, 2**28) == "chunked"
 
 
+def test_a_failing_path_that_is_never_dropped_raises_instead_of_retrying_forever(probe_on_cpu, monkeypatch):
+    """The fallback loop ends even if `reject` keeps returning the path that fails (a bug there must not
+    hang the host's generation): a clear error naming the failures, chained to the last one."""
+    attempts = []
+
+    def broken(*a, **kw):
+        attempts.append(1)
+        if len(attempts) > 50:  # a BaseException: escapes the fallback loop, so an unbounded loop fails here
+            pytest.fail("the fallback loop retries forever")
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(sinkhorn_triton, "lse_pass", broken)
+    monkeypatch.setattr(sinkhorn_triton, "fused_pass", broken)
+    monkeypatch.setattr(kernel_probe, "choose", lambda *a, **kw: "triton")
+    monkeypatch.setattr(kernel_probe, "reject", lambda device, dtype, path, exc, **kw: path)
+    q, k, v = make(1, 2, 20, 24, 64, sharp=2.0)
+    with pytest.raises(RuntimeError, match=r"every Sinkhorn path failed on cpu \(triton: FusedKernelError\)$") as err:
+        sk.sinkhorn_attention(q, k, v, iterations=2, tol=0.0)
+    assert "launch failed" in str(err.value.__cause__)
+    assert 1 < len(attempts) <= len(sk.PATHS)
+
+
 # --------------------------------------------------------------------------------------------------------
 # the two Triton variants (fused row pass, 2k + 1): the probe keeps the accurate one, the faster if both are
 

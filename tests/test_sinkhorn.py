@@ -376,6 +376,26 @@ def test_cached_path_both_kernel_scalings(monkeypatch, unshifted_max, sharp):
     torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_cached_path_products_split_by_threads_match_float64(monkeypatch, threads):
+    """The cached path's matrix-vector products run on equal slices of a block's rows, one per thread, and
+    the rest by gemv: no split (one thread), an even one, one with a remainder, more threads than rows.
+    Its own arithmetic must give the result: the exact engine (which would mask wrong sums) never runs."""
+    exact = spy_exact_row_passes(monkeypatch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n_q in (71, 3):
+            q, k, v = make(1, 2, n_q, 90, 64, sharp=2.0, seed=3)
+            out, st = run(q, k, v, "cached", iterations=3, tol=0.0, return_stats=True)
+            r_out, _, r_err, _ = reference(q, k, v, iterations=3, tol=0.0)
+            assert rel_err(out, r_out) <= 1e-5, (threads, n_q)
+            torch.testing.assert_close(st.marginal_error.double(), r_err, rtol=1e-4, atol=2e-6)
+    finally:
+        torch.set_num_threads(before)
+    assert exact == []
+
+
 def test_cached_path_groups_share_one_kernel_buffer(monkeypatch):
     """Five heads in groups of two (2, 2, 1) built into one reused buffer: every head must still match the
     reference, including the last, smaller group and a head whose logits differ wildly from its neighbours'."""

@@ -27,8 +27,8 @@ Paths (``PATHS``), chosen by capability checks (on CUDA: a one-time probe per de
 
 * ``cached`` (CPU, chosen while one head's n_q · n_k kernel fits in half the memory budget): linear-domain
   Sinkhorn on the exponentials computed once per head (`_KernelCacheEngine`); later half-steps are
-  matrix–vector products, the last pass one GEMM with V; heads with extreme logits fall back to the
-  exact log-domain engine.
+  matrix–vector products (split by rows across threads), the last pass one GEMM with V; heads with
+  extreme logits fall back to the exact log-domain engine.
 * ``dense`` (CPU, for tests and comparison): the log-domain scores of a cache-sized group of heads are
   computed once and exponentiated again in every pass.
 * ``chunked`` (CPU for larger N, and any device without a better path): pure torch, recomputing scores
@@ -385,7 +385,7 @@ class _KernelCacheEngine:
               vx: Tensor | None, normalized: bool):
         """One pass on the heads of `kern` (a view of the cache: no copy of the kernel), with their row shifts m
         and the previous pass's row sums and log2 b. Per head, because torch's batched GEMM with one column is
-        several times slower than `mv` on CPU. Returns (lse, col, out, low heads or None, r, log2 b).
+        several times slower than a matrix-vector product on CPU (`_row_sums`). Returns (lse, col, out, low heads or None, r, log2 b).
 
         Without normalisation (the last pass) the row sums r are not computed when the previous pass's bound
         shows them all >= SAFE: the driver needs only 2^lse · out, in which r cancels (lse and out are

@@ -26,7 +26,7 @@ import sgm.modules.attention as sgm_attention
 from asag_lib.attention import KernelOptions, make_attn1_forward
 
 class Softmax(KernelOptions):
-    def attend(self, q, k, v, scale=None):
+    def attend(self, q, k, v, scale=None, layer=None):
         return torch.softmax(q @ k.transpose(-1, -2) * scale, -1) @ v
 
 torch.manual_seed(0)

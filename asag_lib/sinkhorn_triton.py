@@ -139,7 +139,7 @@ def _build():
     """Defines the jit kernels (imports triton). Separate so that the module imports without triton."""
     # Triton 2.1's code generator looks the names a kernel uses up in its module's globals only (not in
     # this function's locals): `tl` and the jit helpers the kernels call must be module globals
-    global tl, _load_rows, _key_scores, _row_lse
+    global tl, _load_rows, _row_block, _key_scores, _row_lse
     import triton
     import triton.language as tl
 
@@ -151,6 +151,16 @@ def _build():
         if UPCAST:
             x = x.to(tl.float32)
         return x
+
+    @triton.jit
+    def _row_block(A, n_a, d, s_ag, s_an, BLOCK_A: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+        """This program's (row block, head) and its rows of A: (pid, g, rows, row_ok, dims, a)."""
+        pid = tl.program_id(0)
+        g = tl.program_id(1)
+        rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+        dims = tl.arange(0, BLOCK_D)
+        row_ok = rows < n_a
+        return pid, g, rows, row_ok, dims, _load_rows(A + g * s_ag, rows, row_ok, dims, d, s_an, UPCAST)
 
     @triton.jit
     def _key_scores(a, B, cols, col_ok, dims, d, c, s_bn, TF32: tl.constexpr, UPCAST: tl.constexpr):
@@ -187,12 +197,7 @@ def _build():
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
         TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        g = tl.program_id(1)
-        rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-        dims = tl.arange(0, BLOCK_D)
-        row_ok = rows < n_a
-        a = _load_rows(A + g * s_ag, rows, row_ok, dims, d, s_an, UPCAST)
+        _, g, rows, row_ok, dims, a = _row_block(A, n_a, d, s_ag, s_an, BLOCK_A, BLOCK_D, UPCAST)
         lse = _row_lse(a, B + g * s_bg, BIAS + g * s_biasg, n_b, dims, d, c, s_bn, BLOCK_A, BLOCK_B, TF32, UPCAST)
         tl.store(LSE + g * s_lseg + rows[:, None], lse, mask=row_ok[:, None])
 
@@ -207,12 +212,7 @@ def _build():
     ):
         # LSE and softmax · V (flash-attention recurrence); 1-D row vectors, which Triton 2.1 compiles here
         # (and the [BLOCK_A, 1] form of _row_lse it does not)
-        pid = tl.program_id(0)
-        g = tl.program_id(1)
-        rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-        dims = tl.arange(0, BLOCK_D)
-        row_ok = rows < n_a
-        a = _load_rows(A + g * s_ag, rows, row_ok, dims, d, s_an, UPCAST)
+        _, g, rows, row_ok, dims, a = _row_block(A, n_a, d, s_ag, s_an, BLOCK_A, BLOCK_D, UPCAST)
         m = tl.zeros([BLOCK_A], dtype=tl.float32) - float("inf")  # running row max (base 2)
         z = tl.zeros([BLOCK_A], dtype=tl.float32)  # running Σ 2^(s − m)
         dvs = tl.arange(0, BLOCK_DV)
@@ -241,12 +241,7 @@ def _build():
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         TF32: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        g = tl.program_id(1)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, BLOCK_D)
-        row_ok = rows < n_q
-        q = _load_rows(Q + g * s_qg, rows, row_ok, dims, d, s_qn, UPCAST)
+        pid, g, rows, row_ok, dims, q = _row_block(Q, n_q, d, s_qg, s_qn, BLOCK_M, BLOCK_D, UPCAST)
         # sweep 1: lse_i = LSE2_j(S2_ij + g2_j), online over the key blocks
         lse = _row_lse(q, K + g * s_kg, BIAS + g * s_biasg, n_k, dims, d, c, s_kn, BLOCK_M, BLOCK_N, TF32, UPCAST)
         tl.store(LSE + g * s_lseg + rows[:, None], lse, mask=row_ok[:, None])

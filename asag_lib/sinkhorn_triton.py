@@ -46,7 +46,8 @@ Design choices, and why:
 * Language features: `tl.dot` (with `allow_tf32`), `tl.math.exp2`, `tl.math.log2` (Triton 2.1 has no
   `tl.exp2`), `tl.max`/`tl.sum` (along either axis), `tl.maximum`, `tl.where`, `tl.zeros`, masked loads and
   stores, `tl.program_id`, `range` loops with runtime bounds, constexpr `if`, jit helpers called from the
-  kernels (`_load_rows`, `_key_scores`, `_row_lse`: inlined), the `num_stages` launch option:
+  kernels (`_load_rows`, `_row_block`, `_key_scores`, `_row_lse`: inlined; `_row_block` returns a tuple),
+  the `num_stages` launch option:
   all present in Triton 2.1 (the fused variant added `tl.where`, column-axis reductions and [BLOCK, 1]
   row-state tensors). Two Triton 2.1 compiler limits shape the code: a kernel's names are looked up in its
   module's globals only (so `tl` and the helpers are made module globals by `_build`), and its layout

@@ -287,14 +287,20 @@ def _row_sum_floor(r_last: Tensor, lb: Tensor, lb_last: Tensor) -> Tensor:
     return r_last.amin(dim=-1) * (lb - lb_last).amin(dim=-1).exp2()
 
 
+def _thread_slices(rows: int) -> tuple[int, int]:
+    """(parts, even): the first `even` of a block's rows split into `parts` equal slices, one per thread, for
+    the batched products below; the rest (all of them on one thread) go to gemv."""
+    parts = min(torch.get_num_threads(), rows)
+    return parts, (rows - rows % parts if parts > 1 else 0)
+
+
 def _row_sums(blk: Tensor, x: Tensor, out: Tensor) -> Tensor:
     """out = blk · x for a block of contiguous rows (rows, n), computed as row vector × blockᵀ products on
     equal slices of rows, one per thread: torch's `mv` calls BLAS gemv, which runs on one thread (a DRAM-bound
     64 MiB head took 3.0 ms on one or two threads, the batch 1.3 ms on two)."""
     rows, n = blk.shape
-    parts = min(torch.get_num_threads(), rows)
-    even = rows - rows % parts if parts > 1 else 0  # the rows in equal slices; the rest by gemv
-    if parts > 1:
+    parts, even = _thread_slices(rows)
+    if even:
         torch.bmm(x.view(1, 1, n).expand(parts, 1, n), blk[:even].view(parts, even // parts, n).transpose(1, 2),
                   out=out[:even].view(parts, 1, even // parts))
     if even < rows:
@@ -306,9 +312,8 @@ def _add_col_sums_(acc: Tensor, w: Tensor, blk: Tensor) -> Tensor:
     """acc += blkᵀ · w (the w-weighted sum of the block's rows), as row vector × block products on equal
     slices of rows, one per thread, then summed (BLAS gemv with a transposed matrix runs on one thread)."""
     rows, n = blk.shape
-    parts = min(torch.get_num_threads(), rows)
-    even = rows - rows % parts if parts > 1 else 0  # the rows in equal slices; the rest by gemv
-    if parts > 1:
+    parts, even = _thread_slices(rows)
+    if even:
         acc.add_(torch.bmm(w[:even].view(parts, 1, even // parts), blk[:even].view(parts, even // parts, n)).sum(0)[0])
     if even < rows:
         acc.addmv_(blk[even:].t(), w[even:])

@@ -46,16 +46,15 @@ Design choices, and why:
 * Language features: `tl.dot` (with `allow_tf32`), `tl.math.exp2`, `tl.math.log2` (Triton 2.1 has no
   `tl.exp2`), `tl.max`/`tl.sum` (along either axis), `tl.maximum`, `tl.where`, `tl.zeros`, masked loads and
   stores, `tl.program_id`, `range` loops with runtime bounds, constexpr `if`, jit helpers called from the
-  kernels (`_load_rows`, `_row_block`, `_key_scores`, `_row_lse`: inlined; `_row_block` returns a tuple),
-  the `num_stages` launch option:
-  all present in Triton 2.1 (the fused variant added `tl.where`, column-axis reductions and [BLOCK, 1]
-  row-state tensors). Two Triton 2.1 compiler limits shape the code: a kernel's names are looked up in its
-  module's globals only (so `tl` and the helpers are made module globals by `_build`), and its layout
-  pass rejects 1-D
-  loop-carried row vectors in a kernel without a second dot ("cmpf requires the same encoding"), so the
-  LSE-only kernels keep them as [BLOCK, 1] columns while `out_kernel` keeps the 1-D flash-attention form
-  (which 2.1 compiles there, and the column form it does not). Triton 2.1 aborts the process compiling
-  `out_kernel` for sm_70/sm_75: `unsupported` makes the probe refuse that combination before any compile.
+  kernels (`_load_rows`, `_row_block`, `_key_scores`, `_row_lse`: inlined; `_row_block` returns a tuple), the
+  `num_stages` launch option: all present in Triton 2.1 (the fused variant added `tl.where`, column-axis
+  reductions and [BLOCK, 1] row-state tensors). Two Triton 2.1 compiler limits shape the code: a kernel's
+  names are looked up in its module's globals only (so `tl` and the helpers are made module globals by
+  `_build`), and its layout pass rejects 1-D loop-carried row vectors in a kernel without a second dot ("cmpf
+  requires the same encoding"), so the LSE-only kernels keep them as [BLOCK, 1] columns while `out_kernel`
+  keeps the 1-D flash-attention form (which 2.1 compiles there, and the column form it does not). Triton 2.1
+  aborts the process compiling `out_kernel` for sm_70/sm_75: `unsupported` makes the probe refuse that
+  combination before any compile.
 * Tested: every kernel under ``TRITON_INTERPRET=1`` (Triton 3.9.0) on CPU tensors against float64
   references; every launch configuration (fp16/bf16/fp32 × d 40/64/80/128/160 × with and without stats)
   compiled to a cubin for sm_80 by Triton 2.1.0 (A1111 1.10's torch 2.1.2), 2.3.1 (torch 2.3) and 3.9.0, and
